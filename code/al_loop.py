@@ -1,0 +1,286 @@
+"""The active-learning loop, shared by every dataset script. It knows nothing about datasets.
+
+Protocol (one run = one strategy under one seed):
+
+1. draw ``start_size`` labeled samples at random from the seed alone, so every strategy
+   under the same seed starts from the same set (paired comparison);
+2. train a *fresh* model on all labeled samples and evaluate it on the full test set;
+3. ``n_steps`` times: let the strategy pick ``batch_size`` new samples from the unlabeled
+   pool, retrain a fresh model, evaluate.
+
+Labels are the budget: training, early stopping and class weights only ever see the
+selected samples; the test set is used for the reported evaluation and nothing else.
+
+After every step the run's JSON (``<results>/<dataset>/<strategy>_seed<k>.json``) and its
+selections (``<results>/<dataset>/state/<strategy>_seed<k>.json``) are written
+atomically, so an interrupted run loses at most the step in progress. Rerunning continues
+from the last completed step and makes the same selections as an uninterrupted run: every
+random draw is seeded from (seed, step), and the model that scores the pool is retrained
+deterministically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
+
+from data_common import REPO_ROOT, Dataset
+from strategies import get_strategy, predict_proba
+
+RESULT_KEYS = ("dataset", "strategy", "seed", "config", "git_commit", "versions", "complete", "steps")
+STEP_KEYS = ("step", "n_labeled", "macro_f1", "accuracy", "per_class_f1", "labeled_class_counts",
+             "train_seconds", "score_seconds", "eval_seconds")
+LOOP_KEYS = ("start_size", "batch_size", "n_steps", "epochs", "fit_batch_size",
+             "val_fraction", "patience", "class_weight", "pool_subsample")
+
+
+class ConfigMismatchError(RuntimeError):
+    """A result file on disk was written with other hyperparameters than the current run."""
+
+
+# --------------------------------------------------------------------------- provenance
+@lru_cache(maxsize=1)
+def git_commit() -> str:
+    """Commit of the code that produced a result; ``-dirty`` if ``code/`` has local edits."""
+    try:
+        def git(*args):
+            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True,
+                                  text=True, check=True).stdout.strip()
+        commit = git("rev-parse", "HEAD")
+        return commit + ("-dirty" if git("status", "--porcelain", "--", "code") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+@lru_cache(maxsize=1)
+def library_versions() -> dict:
+    import keras
+    import sklearn
+    import tensorflow as tf
+    return {"python": platform.python_version(), "numpy": np.__version__,
+            "tensorflow": tf.__version__, "keras": keras.__version__,
+            "scikit-learn": sklearn.__version__}
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- files
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON so that readers never see a partial file, even if killed mid-write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_paths(results_dir: Path, dataset: str, strategy: str, seed: int) -> tuple[Path, Path]:
+    """The run's result JSON and its selection-state JSON."""
+    name = f"{strategy}_seed{seed}.json"
+    return results_dir / dataset / name, results_dir / dataset / "state" / name
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    return [f"{k}: {old.get(k)!r} on disk vs {new.get(k)!r} now"
+            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def load_previous(result_path: Path, state_path: Path, config: dict):
+    """Completed steps and selections of an earlier run with the same config, or None."""
+    if not result_path.exists():
+        return None
+    try:
+        result = json.loads(result_path.read_text())
+        state = json.loads(state_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigMismatchError(
+            f"cannot resume from {result_path} ({err}); rerun with --fresh to start this run over."
+        ) from None
+    diffs = config_differences(result.get("config", {}), config)
+    if diffs:
+        raise ConfigMismatchError(
+            f"{result_path} was written with a different config ({'; '.join(diffs)}). "
+            "Rerun with --fresh to overwrite it, or pass --results-dir to keep both."
+        )
+    # The state is written before the result, so it may hold one more step: trust the result.
+    n_done = len(result["steps"])
+    return result, [np.asarray(s, dtype=np.int64) for s in state["selected"][:n_done]]
+
+
+# --------------------------------------------------------------------------- training
+def class_weights(y: np.ndarray, n_classes: int, mode: str | None) -> dict | None:
+    """'balanced' weights n / (k * count_c) from the *labeled* set only; absent classes 1."""
+    if not mode or mode == "none":
+        return None
+    if mode != "balanced":
+        raise ValueError(f"class_weight must be 'balanced' or 'none', got {mode!r}")
+    counts = np.bincount(y, minlength=n_classes)
+    present = counts > 0
+    weights = np.ones(n_classes)
+    weights[present] = len(y) / (present.sum() * counts[present])
+    return {c: float(w) for c, w in enumerate(weights)}
+
+
+def train_fresh_model(build_model: Callable, config: dict, x: np.ndarray, y: np.ndarray,
+                      n_classes: int, seed_seq: list[int]):
+    """Build and fit a new model on the labeled samples only, reproducibly from ``seed_seq``."""
+    import keras
+    keras.utils.set_random_seed(int(np.random.SeedSequence(seed_seq).generate_state(1)[0]))
+    keras.backend.clear_session(free_memory=False)
+    model = build_model(config, x.shape[1:], n_classes)
+    callbacks, validation = [], None
+    if config.get("patience", 0) > 0 and config.get("val_fraction", 0) > 0:
+        # The validation split comes out of the selected labels: labels are the budget.
+        rng = np.random.default_rng([*seed_seq, 1])
+        order = rng.permutation(len(x))
+        n_val = max(1, int(round(config["val_fraction"] * len(x))))
+        val, fit = order[:n_val], order[n_val:]
+        validation = (x[val], y[val])
+        x, y = x[fit], y[fit]
+        callbacks.append(keras.callbacks.EarlyStopping(
+            patience=config["patience"], restore_best_weights=True))
+    model.fit(x, y, epochs=config["epochs"], batch_size=config["fit_batch_size"],
+              validation_data=validation, callbacks=callbacks, verbose=0,
+              class_weight=class_weights(y, n_classes, config.get("class_weight")))
+    return model
+
+
+def evaluate(model, data: Dataset) -> dict:
+    y_pred = predict_proba(model, data.x_test).argmax(axis=1)
+    labels = list(range(len(data.class_names)))
+    per_class = f1_score(data.y_test, y_pred, labels=labels, average=None, zero_division=0)
+    return {
+        "macro_f1": float(f1_score(data.y_test, y_pred, labels=labels, average="macro",
+                                   zero_division=0)),
+        "accuracy": float(accuracy_score(data.y_test, y_pred)),
+        "per_class_f1": dict(zip(data.class_names, map(float, per_class))),
+    }
+
+
+# --------------------------------------------------------------------------- the loop
+def check_budget(config: dict, n_pool: int) -> None:
+    for key in ("start_size", "batch_size", "epochs", "fit_batch_size"):
+        if int(config[key]) <= 0:
+            raise ValueError(f"{key} must be positive, got {config[key]}")
+    if config["n_steps"] < 0:
+        raise ValueError(f"n_steps must be >= 0, got {config['n_steps']}")
+    final = config["start_size"] + config["n_steps"] * config["batch_size"]
+    if final > n_pool:
+        raise ValueError(
+            f"start_size + n_steps * batch_size = {final} labels, but the pool holds only "
+            f"{n_pool} samples; lower start_size, batch_size or n_steps."
+        )
+
+
+def select_next(strategy, model, data: Dataset, labeled_idx: np.ndarray, config: dict,
+                rng: np.random.Generator) -> np.ndarray:
+    """Dataset indices of the next batch: never already labeled, never repeated."""
+    unlabeled_idx = np.setdiff1d(np.arange(len(data.x_train)), labeled_idx)
+    subsample = int(config.get("pool_subsample") or 0)
+    if 0 < subsample < len(unlabeled_idx):
+        # Optional speed-up: score a random part of the pool (off by default).
+        unlabeled_idx = np.sort(rng.choice(unlabeled_idx, subsample, replace=False))
+    positions = strategy.select(model, data.x_train[unlabeled_idx], config["batch_size"], rng)
+    chosen = unlabeled_idx[np.asarray(positions, dtype=np.int64)]
+    if len(np.unique(chosen)) != config["batch_size"]:
+        raise RuntimeError(f"strategy {strategy.name} returned duplicate or too few samples")
+    return chosen
+
+
+def step_record(step: int, labeled_idx: np.ndarray, data: Dataset, metrics: dict,
+                seconds: dict) -> dict:
+    counts = np.bincount(data.y_train[labeled_idx], minlength=len(data.class_names))
+    return {"step": step, "n_labeled": int(len(labeled_idx)), **metrics,
+            "labeled_class_counts": dict(zip(data.class_names, map(int, counts))),
+            **{f"{k}_seconds": round(v, 4) for k, v in seconds.items()},
+            "finished_at": round(time.time(), 3)}
+
+
+def run_active_learning(*, dataset: str, data: Dataset, build_model: Callable, config: dict,
+                        strategy: str, seed: int, results_dir: str | os.PathLike,
+                        fresh: bool = False, on_step: Callable[[dict], None] | None = None) -> dict:
+    """Run (or resume) one strategy under one seed; returns the result dict also on disk.
+
+    Parameters
+    ----------
+    dataset : name used for the results folder.
+    data : train pool and test set.
+    build_model : ``build_model(config, input_shape, n_classes)`` -> compiled Keras model.
+    config : every hyperparameter (recorded in the JSON); the loop reads ``LOOP_KEYS``.
+    strategy : a name from ``strategies.STRATEGIES``.
+    seed : run seed; the initial labeled set depends on it alone.
+    results_dir : root results folder.
+    fresh : ignore and overwrite an earlier run instead of resuming it.
+    on_step : called with each new step record (progress reporting).
+    """
+    missing = [k for k in LOOP_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"config lacks the loop hyperparameters {missing}")
+    query = get_strategy(strategy)
+    n_pool, n_classes = len(data.x_train), len(data.class_names)
+    check_budget(config, n_pool)
+    result_path, state_path = run_paths(Path(results_dir), dataset, strategy, seed)
+
+    previous = None if fresh else load_previous(result_path, state_path, config)
+    if previous and previous[0]["complete"]:
+        return previous[0]
+    result = {"dataset": dataset, "strategy": strategy, "seed": seed, "config": config,
+              "git_commit": git_commit(), "versions": library_versions(), "complete": False,
+              "steps": []}
+    selected = [np.random.default_rng(seed).choice(n_pool, config["start_size"], replace=False)]
+    if previous:
+        result["steps"], selected = previous[0]["steps"], previous[1]
+        if result["git_commit"] != previous[0]["git_commit"]:
+            result["git_commit"] = f"{previous[0]['git_commit']} (resumed at {git_commit()})"
+
+    model = None
+    for step in range(len(result["steps"]) if previous else 0, config["n_steps"] + 1):
+        timer = {"train": 0.0, "score": 0.0, "eval": 0.0}
+        if step > 0:
+            labeled_idx = np.concatenate(selected[:step])
+            if model is None:  # resuming: rebuild the model that made the last step
+                model = train_fresh_model(build_model, config, data.x_train[labeled_idx],
+                                          data.y_train[labeled_idx], n_classes, [seed, step - 1])
+            t0 = time.perf_counter()
+            rng = np.random.default_rng([seed, step])
+            model_for_query = model if query.uses_model else None
+            if len(selected) <= step:
+                selected.append(select_next(query, model_for_query, data, labeled_idx, config, rng))
+            timer["score"] = time.perf_counter() - t0
+        labeled_idx = np.concatenate(selected[: step + 1])
+        t0 = time.perf_counter()
+        model = train_fresh_model(build_model, config, data.x_train[labeled_idx],
+                                  data.y_train[labeled_idx], n_classes, [seed, step])
+        timer["train"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        metrics = evaluate(model, data)
+        timer["eval"] = time.perf_counter() - t0
+
+        record = step_record(step, labeled_idx, data, metrics, timer)
+        result["steps"].append(record)
+        result["complete"] = step == config["n_steps"]
+        write_json_atomic(state_path, {"config_hash": config_hash(config),
+                                       "selected": [s.tolist() for s in selected[: step + 1]]})
+        write_json_atomic(result_path, result)
+        if on_step:
+            on_step(record)
+    return result

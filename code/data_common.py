@@ -1,0 +1,86 @@
+"""Shared pieces of the dataset loaders: where to look for data, and the errors they raise.
+
+Every loader looks, in this order, in ``--data-dir``, ``$AL_DATA_DIR/<dataset>`` and
+``<repo>/data/<dataset>``, and only then tries to download. Paths resolve from the
+repository, never from the working directory, so scripts behave the same when run from
+the repository root or from inside ``code/``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# Imported first by every module: silence TensorFlow's C++ start-up chatter before it loads.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_ROOT = REPO_ROOT / "data"
+
+
+class DataNotFoundError(FileNotFoundError):
+    """No usable copy of a dataset was found (message lists the paths tried)."""
+
+
+class DataCorruptError(ValueError):
+    """A dataset file exists but cannot be read or has the wrong content."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train pool and a held-out test set, with class names.
+
+    ``x_*`` are float32 arrays (samples first), ``y_*`` int64 class indices in
+    ``range(len(class_names))``; ``source`` says where the data came from.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+    source: str
+
+    def __post_init__(self):
+        n_classes = len(self.class_names)
+        for split in ("train", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if len(x) != len(y):
+                raise DataCorruptError(
+                    f"{self.source}: {split} has {len(x)} samples but {len(y)} labels; "
+                    "the dataset files do not belong together, re-download them."
+                )
+            if len(y) and (y.min() < 0 or y.max() >= n_classes):
+                raise DataCorruptError(
+                    f"{self.source}: {split} labels must lie in 0..{n_classes - 1}, "
+                    f"found {y.min()}..{y.max()}; the label file is corrupt or of another dataset."
+                )
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise DataCorruptError(
+                f"{self.source}: train samples have shape {self.x_train.shape[1:]} but test samples "
+                f"{self.x_test.shape[1:]}; the files are of different datasets."
+            )
+
+
+def candidate_dirs(dataset: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Directories to search for ``dataset``, in priority order."""
+    dirs = []
+    if data_dir:
+        dirs.append(Path(data_dir).expanduser())
+    env_root = os.environ.get("AL_DATA_DIR")
+    if env_root:
+        env_root = Path(env_root).expanduser()
+        if not env_root.is_absolute():
+            env_root = (Path.cwd() / env_root)
+        dirs.append(env_root / dataset)
+    dirs.append(DEFAULT_DATA_ROOT / dataset)
+    return dirs
+
+
+def resolve_repo_path(path: str | os.PathLike) -> Path:
+    """A relative path means relative to the repository root, not the working directory."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path

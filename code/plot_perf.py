@@ -1,0 +1,280 @@
+"""Average the run files of every dataset and write plots and summary tables.
+
+    python code/plot_perf.py [--results-dir results]
+
+For each ``results/<dataset>/`` holding ``<strategy>_seed<k>.json`` files it writes
+``results/<dataset>_perf.png`` (mean macro-F1 vs labels, +-1 std band),
+``results/<dataset>_classes.png`` (per-class F1 and the class mix each strategy selected)
+and ``results/<dataset>_summary.md`` (the tables below). Partial runs are used up to the
+steps they completed and listed as incomplete; invalid files are reported and skipped.
+
+Statistics: mean +- std over seeds at each budget; labels to target (fewest labels at
+which a strategy's *mean* reaches random's final mean, or a published target); the
+normalized area under the budget curve (AUBC: trapezoid area of macro-F1 over the label
+range, divided by that range) per run; paired Wilcoxon signed-rank tests over seeds
+(scipy) against random, per budget and for AUBC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data_common import REPO_ROOT, resolve_repo_path
+
+REQUIRED_KEYS = ("dataset", "strategy", "seed", "config", "complete", "steps")
+STEP_KEYS = ("step", "n_labeled", "macro_f1", "per_class_f1", "labeled_class_counts")
+PUBLISHED_TARGETS = {"mitbih": 0.74, "mnist": 0.96}  # the published text's reference F1 levels
+BASELINE = "random"
+
+
+class InvalidRunFile(ValueError):
+    pass
+
+
+# --------------------------------------------------------------------------- reading
+def read_run(path: Path) -> dict:
+    """Load and validate one run file; raise InvalidRunFile naming the problem."""
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InvalidRunFile(f"{path}: not valid JSON ({err})") from None
+    missing = [k for k in REQUIRED_KEYS if k not in run] if isinstance(run, dict) else REQUIRED_KEYS
+    if missing:
+        raise InvalidRunFile(f"{path}: missing keys {list(missing)}")
+    for i, step in enumerate(run["steps"]):
+        lost = [k for k in STEP_KEYS if k not in step]
+        if lost or step["step"] != i:
+            raise InvalidRunFile(f"{path}: step {i} is malformed (missing {lost} or out of order)")
+    return run
+
+
+def load_runs(folder: Path) -> tuple[list[dict], list[str]]:
+    runs, problems = [], []
+    for path in sorted(folder.glob("*_seed*.json")):
+        try:
+            runs.append(read_run(path))
+        except InvalidRunFile as err:
+            problems.append(str(err))
+    return runs, problems
+
+
+def curves(runs: list[dict]) -> pd.DataFrame:
+    """One row per (strategy, seed, step)."""
+    rows = [{"strategy": r["strategy"], "seed": r["seed"], "step": s["step"],
+             "n_labeled": s["n_labeled"], "macro_f1": s["macro_f1"]}
+            for r in runs for s in r["steps"]]
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- statistics
+def mean_std(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std and seed count of macro-F1 per strategy and budget."""
+    return (df.groupby(["strategy", "n_labeled"])["macro_f1"]
+              .agg(mean="mean", std="std", n="count").reset_index())
+
+
+def labels_to_reach(stats: pd.DataFrame, strategy: str, target: float) -> int | None:
+    """Fewest labels at which ``strategy``'s mean macro-F1 reaches ``target`` (None: never)."""
+    rows = stats[(stats.strategy == strategy) & (stats["mean"] >= target)]
+    return int(rows.n_labeled.min()) if len(rows) else None
+
+
+def aubc(df: pd.DataFrame) -> pd.DataFrame:
+    """Normalized area under the budget curve per run, over the budgets it completed."""
+    def area(run):
+        run = run.sort_values("n_labeled")
+        x, y = run.n_labeled.to_numpy(float), run.macro_f1.to_numpy(float)
+        return float(y[0]) if len(x) < 2 else float(np.trapezoid(y, x) / (x[-1] - x[0]))
+    out = df.groupby(["strategy", "seed"])[["n_labeled", "macro_f1"]].apply(area)
+    return out.rename("aubc").reset_index()
+
+
+def paired_wilcoxon(values: pd.DataFrame, column: str, strategy: str, baseline: str) -> float | None:
+    """Two-sided Wilcoxon signed-rank p-value over seeds both strategies share (None if < 2)."""
+    from scipy.stats import wilcoxon
+    a = values[values.strategy == strategy].set_index("seed")[column]
+    b = values[values.strategy == baseline].set_index("seed")[column]
+    seeds = a.index.intersection(b.index)
+    if len(seeds) < 2:
+        return None
+    diff = a[seeds].to_numpy() - b[seeds].to_numpy()
+    if np.allclose(diff, 0):
+        return 1.0
+    return float(wilcoxon(diff).pvalue)
+
+
+# --------------------------------------------------------------------------- tables
+def fmt(mean, std=None, digits=4):
+    if mean is None or (isinstance(mean, float) and np.isnan(mean)):
+        return "-"
+    if std is None or np.isnan(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def fmt_p(p):
+    return "-" if p is None else f"{p:.3g}"
+
+
+def budget_table(df: pd.DataFrame, stats: pd.DataFrame, strategies: list[str]) -> list[str]:
+    others = [s for s in strategies if s != BASELINE and BASELINE in strategies]
+    head = ["labels"] + [f"{s} (n)" for s in strategies] + [f"p {s} vs {BASELINE}" for s in others]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for n in sorted(stats.n_labeled.unique()):
+        cells = [str(n)]
+        for s in strategies:
+            row = stats[(stats.strategy == s) & (stats.n_labeled == n)]
+            cells.append("-" if row.empty else f"{fmt(row['mean'].iloc[0], row['std'].iloc[0])} ({row.n.iloc[0]})")
+        at_n = df[df.n_labeled == n]
+        cells += [fmt_p(paired_wilcoxon(at_n, "macro_f1", s, BASELINE)) for s in others]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def strategy_table(dataset: str, df, stats, areas, strategies) -> list[str]:
+    final_random = None
+    if BASELINE in strategies:
+        rand = stats[stats.strategy == BASELINE]
+        final_random = float(rand.sort_values("n_labeled")["mean"].iloc[-1])
+    published = PUBLISHED_TARGETS.get(dataset.split("_")[0])
+    head = ["strategy", "final labels", "final macro-F1", "AUBC", f"p AUBC vs {BASELINE}",
+            f"labels to random's final ({fmt(final_random)})"]
+    if published:
+        head.append(f"labels to {published}")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in strategies:
+        st = stats[stats.strategy == s].sort_values("n_labeled")
+        a = areas[areas.strategy == s].aubc
+        cells = [s, str(st.n_labeled.iloc[-1]), fmt(st["mean"].iloc[-1], st["std"].iloc[-1]),
+                 fmt(a.mean(), a.std()),
+                 "-" if s == BASELINE else fmt_p(paired_wilcoxon(areas, "aubc", s, BASELINE)),
+                 str(labels_to_reach(stats, s, final_random) or "not reached") if final_random else "-"]
+        if published:
+            cells.append(str(labels_to_reach(stats, s, published) or "not reached"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def final_class_table(runs: list[dict], key: str, strategies: list[str], digits: int) -> list[str]:
+    """Mean over seeds of a per-class dict (``per_class_f1`` or ``labeled_class_counts``) at the last step."""
+    frame = final_class_frame(runs, key)
+    classes = list(frame.columns)
+    lines = ["| strategy | " + " | ".join(classes) + " |", "|" + "---|" * (len(classes) + 1)]
+    for s in strategies:
+        if s in frame.index:
+            lines.append(f"| {s} | " + " | ".join(f"{v:.{digits}f}" for v in frame.loc[s]) + " |")
+    return lines
+
+
+def final_class_frame(runs: list[dict], key: str) -> pd.DataFrame:
+    longest = {r["strategy"]: max(len(x["steps"]) for x in runs if x["strategy"] == r["strategy"]) for r in runs}
+    rows = [{"strategy": r["strategy"], **r["steps"][-1][key]} for r in runs
+            if len(r["steps"]) == longest[r["strategy"]]]
+    return pd.DataFrame(rows).groupby("strategy", sort=False).mean()
+
+
+# --------------------------------------------------------------------------- plots
+def plot_curves(dataset: str, stats: pd.DataFrame, strategies: list[str], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in strategies:
+        st = stats[stats.strategy == s].sort_values("n_labeled")
+        std = st["std"].fillna(0)
+        ax.plot(st.n_labeled, st["mean"], marker="o", ms=3, label=f"{s} (n={st.n.max()} seeds)")
+        ax.fill_between(st.n_labeled, st["mean"] - std, st["mean"] + std, alpha=0.2)
+    ax.set_xlabel("number of labeled samples")
+    ax.set_ylabel("macro-F1 on the test set")
+    ax.set_title(f"{dataset}: mean ± 1 std over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_classes(dataset: str, runs: list[dict], strategies: list[str], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, title in ((axes[0], "per_class_f1", "per-class F1 at the final budget"),
+                           (axes[1], "labeled_class_counts", "class mix of the selected labels")):
+        frame = final_class_frame(runs, key).reindex([s for s in strategies])
+        frame.T.plot.bar(ax=ax, rot=0)
+        ax.set_title(title)
+        ax.set_xlabel("class")
+        ax.grid(alpha=0.3, axis="y")
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("labeled samples (mean over seeds, log scale)")
+    axes[0].set_ylabel("F1 (mean over seeds)")
+    fig.suptitle(dataset)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- driver
+def summarize_dataset(folder: Path, out_dir: Path) -> str | None:
+    dataset = folder.name
+    runs, problems = load_runs(folder)
+    for p in problems:
+        print(f"warning: skipped invalid run file: {p}", file=sys.stderr)
+    runs = [r for r in runs if r["steps"]]
+    if not runs:
+        return None
+    df = curves(runs)
+    stats = mean_std(df)
+    areas = aubc(df)
+    order = [BASELINE] if BASELINE in set(df.strategy) else []
+    strategies = order + sorted(set(df.strategy) - {BASELINE})
+    incomplete = [f"{r['strategy']}_seed{r['seed']} ({len(r['steps'])} of "
+                  f"{r['config']['n_steps'] + 1} steps)" for r in runs if not r["complete"]]
+    plot_curves(dataset, stats, strategies, out_dir / f"{dataset}_perf.png")
+    plot_classes(dataset, runs, strategies, out_dir / f"{dataset}_classes.png")
+    lines = [f"# {dataset}: {len(runs)} runs", "",
+             f"Generated by `python code/plot_perf.py` from `{folder.relative_to(out_dir.parent) if folder.is_relative_to(out_dir.parent) else folder}`.",
+             "Incomplete runs (used up to their last step): " + (", ".join(incomplete) or "none"),
+             *([f"Invalid files skipped: {len(problems)}"] if problems else []), "",
+             "## Strategies", "", *strategy_table(dataset, df, stats, areas, strategies), "",
+             "AUBC: area under the macro-F1 vs labels curve divided by the label range. p: two-sided "
+             "Wilcoxon signed-rank test over paired seeds.", "",
+             "## Macro-F1 per budget (mean ± std, seeds)", "", *budget_table(df, stats, strategies), "",
+             "## Per-class F1 at the final budget (mean over seeds)", "",
+             *final_class_table(runs, "per_class_f1", strategies, 3), "",
+             "## Class mix of the labeled set at the final budget (mean over seeds)", "",
+             *final_class_table(runs, "labeled_class_counts", strategies, 1), ""]
+    summary = out_dir / f"{dataset}_summary.md"
+    summary.write_text("\n".join(lines))
+    return str(summary)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results-dir", default=str(REPO_ROOT / "results"),
+                        help="folder with one subfolder of run files per dataset")
+    args = parser.parse_args(argv)
+    root = resolve_repo_path(args.results_dir)
+    if not root.is_dir():
+        print(f"No results folder at {root}. Run the experiments first: bash run.sh", file=sys.stderr)
+        return 1
+    folders = [f for f in sorted(root.iterdir()) if f.is_dir() and any(f.glob("*_seed*.json"))]
+    written = [s for s in (summarize_dataset(f, root) for f in folders) if s]
+    if not written:
+        print(f"No run files (<dataset>/<strategy>_seed<k>.json) under {root}. "
+              "Run the experiments first: bash run.sh", file=sys.stderr)
+        return 1
+    for s in written:
+        print(f"wrote {s} and its plots")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
