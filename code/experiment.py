@@ -37,8 +37,17 @@ def hyperparameters(namespace: dict) -> dict:
             if k.isupper() and not k.startswith("_") and isinstance(v, (int, float, str, list, tuple))}
 
 
-def parse_list(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+def list_parser(default: list | tuple):
+    """Parse "a,b,c" into a list whose items have the type of the default's items."""
+    item_type = type(default[0]) if len(default) else str
+
+    def parse(text: str) -> list:
+        try:
+            return [item_type(t.strip()) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of {item_type.__name__}, got {text!r}") from None
+    return parse
 
 
 def build_parser(dataset: str, defaults: dict, doc: str | None) -> argparse.ArgumentParser:
@@ -49,7 +58,7 @@ def build_parser(dataset: str, defaults: dict, doc: str | None) -> argparse.Argu
     for name, default in defaults.items():
         flags = [f"--{name.replace('_', '-')}"] + (["--seeds"] if name == "n_seeds" else [])
         if isinstance(default, (list, tuple)):
-            hp.add_argument(*flags, dest=name, type=parse_list, default=list(default),
+            hp.add_argument(*flags, dest=name, type=list_parser(default), default=list(default),
                             help="comma-separated list")
         elif isinstance(default, bool):
             hp.add_argument(*flags, dest=name, type=lambda s: s.lower() in ("1", "true", "yes"),
@@ -208,12 +217,22 @@ def log_grid(results_dir: Path, dataset: str, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def main(dataset: str, namespace: dict, load_data: Callable, build_model: Callable, argv=None) -> list[dict]:
-    """Entry point of a dataset script: parse options, run every strategy x seed, summarize."""
+def main(dataset: str | Callable[[dict], str], namespace: dict, load_data: Callable,
+         build_model: Callable, argv=None) -> list[dict]:
+    """Entry point of a dataset script: parse options, run every strategy x seed, summarize.
+
+    ``dataset`` names the results folder; it may be a function of the config (e.g. MIT-BIH
+    writes ``mitbih_inter`` for the inter-patient split). ``load_data(config, data_dir)``
+    returns a ``data_common.Dataset``; ``build_model(config, input_shape, n_classes)`` a
+    compiled Keras model.
+    """
     from al_loop import git_commit
     from strategies import STRATEGIES
 
-    config, grid, args = parse_config(dataset, hyperparameters(namespace), argv, namespace.get("__doc__"))
+    script = namespace.get("__file__", "script")
+    prog = dataset if isinstance(dataset, str) else Path(script).stem
+    config, grid, args = parse_config(prog, hyperparameters(namespace), argv, namespace.get("__doc__"))
+    dataset = dataset if isinstance(dataset, str) else dataset(config)
     unknown = [s for s in grid["strategies"] if s not in STRATEGIES]
     if unknown:
         raise SystemExit(f"error: unknown strategies {unknown}; choose from {sorted(STRATEGIES)}")

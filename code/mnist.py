@@ -38,7 +38,7 @@ def build_model(config, input_shape, n_classes):
 
     model = keras.Sequential([keras.Input(shape=input_shape)])
     for filters in config["conv_filters"]:
-        model.add(layers.Conv2D(int(filters), 3, activation="relu", padding="same"))
+        model.add(layers.Conv2D(int(filters), 3, activation="relu"))
         model.add(layers.MaxPooling2D())
     model.add(layers.Flatten())
     model.add(layers.Dropout(config["dropout"]))
