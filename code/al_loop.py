@@ -58,7 +58,8 @@ def git_commit() -> str:
             return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True,
                                   text=True, check=True).stdout.strip()
         commit = git("rev-parse", "HEAD")
-        return commit + ("-dirty" if git("status", "--porcelain", "--", "code") else "")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "code")
+        return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -83,6 +84,9 @@ def write_json_atomic(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are meant to be shared
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1)
             f.flush()
@@ -152,7 +156,7 @@ def train_fresh_model(build_model: Callable, config: dict, x: np.ndarray, y: np.
         # The validation split comes out of the selected labels: labels are the budget.
         rng = np.random.default_rng([*seed_seq, 1])
         order = rng.permutation(len(x))
-        n_val = max(1, int(round(config["val_fraction"] * len(x))))
+        n_val = min(max(1, int(round(config["val_fraction"] * len(x)))), len(x) - 1)
         val, fit = order[:n_val], order[n_val:]
         validation = (x[val], y[val])
         x, y = x[fit], y[fit]
@@ -183,6 +187,12 @@ def check_budget(config: dict, n_pool: int) -> None:
             raise ValueError(f"{key} must be positive, got {config[key]}")
     if config["n_steps"] < 0:
         raise ValueError(f"n_steps must be >= 0, got {config['n_steps']}")
+    if not 0 <= config["val_fraction"] < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {config['val_fraction']}")
+    subsample = int(config.get("pool_subsample") or 0)
+    if 0 < subsample < config["batch_size"]:
+        raise ValueError(f"pool_subsample ({subsample}) must be 0 (off) or at least batch_size "
+                         f"({config['batch_size']}): each step scores that many samples.")
     final = config["start_size"] + config["n_steps"] * config["batch_size"]
     if final > n_pool:
         raise ValueError(
@@ -199,7 +209,9 @@ def select_next(strategy, model, data: Dataset, labeled_idx: np.ndarray, config:
     if 0 < subsample < len(unlabeled_idx):
         # Optional speed-up: score a random part of the pool (off by default).
         unlabeled_idx = np.sort(rng.choice(unlabeled_idx, subsample, replace=False))
-    positions = strategy.select(model, data.x_train[unlabeled_idx], config["batch_size"], rng)
+    # A strategy that ignores the model only needs the pool's size: skip copying the samples.
+    pool = data.x_train[unlabeled_idx] if strategy.uses_model else unlabeled_idx
+    positions = strategy.select(model, pool, config["batch_size"], rng)
     chosen = unlabeled_idx[np.asarray(positions, dtype=np.int64)]
     if len(np.unique(chosen)) != config["batch_size"]:
         raise RuntimeError(f"strategy {strategy.name} returned duplicate or too few samples")
@@ -249,15 +261,17 @@ def run_active_learning(*, dataset: str, data: Dataset, build_model: Callable, c
     selected = [np.random.default_rng(seed).choice(n_pool, config["start_size"], replace=False)]
     if previous:
         result["steps"], selected = previous[0]["steps"], previous[1]
-        if result["git_commit"] != previous[0]["git_commit"]:
+        if not previous[0]["git_commit"].startswith(git_commit()):
             result["git_commit"] = f"{previous[0]['git_commit']} (resumed at {git_commit()})"
+        else:
+            result["git_commit"] = previous[0]["git_commit"]
 
     model = None
     for step in range(len(result["steps"]) if previous else 0, config["n_steps"] + 1):
         timer = {"train": 0.0, "score": 0.0, "eval": 0.0}
         if step > 0:
             labeled_idx = np.concatenate(selected[:step])
-            if model is None:  # resuming: rebuild the model that made the last step
+            if model is None and query.uses_model:  # resuming: rebuild the model that scores
                 model = train_fresh_model(build_model, config, data.x_train[labeled_idx],
                                           data.y_train[labeled_idx], n_classes, [seed, step - 1])
             t0 = time.perf_counter()

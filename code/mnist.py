@@ -15,7 +15,7 @@ N_SEEDS = 10
 STRATEGIES = ["random", "entropy"]
 POOL_SUBSAMPLE = 0     # score only this many random pool samples per step (0 = whole pool)
 # --- training (a fresh model every step, on the selected labels only)
-EPOCHS = 30
+EPOCHS = 20
 FIT_BATCH_SIZE = 32
 LEARNING_RATE = 1e-3
 VAL_FRACTION = 0.0     # early-stopping split, taken from the selected labels

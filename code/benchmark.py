@@ -1,0 +1,803 @@
+"""Speed benchmark: one active-learning step of the published code vs this project's step.
+
+Run by hand (not in CI), on the machine whose protocol run it should be compared with::
+
+    python code/benchmark.py                                # all datasets, everything measured
+    python code/benchmark.py --ref-train-epochs-measured 5 --ref-score-fraction 0.2
+    python code/benchmark.py --smoke                        # seconds; tests the script only
+
+For each dataset it measures, at the smallest and the largest label count of the protocol,
+
+* a **reference step**, written the way the published code does it: the published network
+  trained for the published number of epochs at batch size 32, the *whole* unlabeled pool
+  scored with ``model.predict(batch_size=32)`` (MNIST: 5 Monte-Carlo dropout passes of
+  ``model(x, training=True)`` over batches of 32 in a Python loop) and a Python loop for the
+  entropy, top-k by sorting, then the test set predicted at batch size 32. It runs with
+  TensorFlow's default threads (all cores), as the published single-process code did;
+* **our step**: the dataset script's ``build_model`` and default hyperparameters, timed
+  through ``al_loop.train_fresh_model``, ``al_loop.select_next`` (entropy) and
+  ``al_loop.evaluate``, in a process configured like a protocol worker
+  (``experiment.configure_tensorflow(cpu_count // jobs)``).
+
+Every measurement runs in its own spawned process (TensorFlow's thread settings are per
+process and fixed once it starts), which first runs one untimed tiny step so that
+TensorFlow's one-time start-up is not charged to the step; a protocol worker pays it once
+for hundreds of steps, and the published process once for the whole protocol.
+
+A full reference step is slow (MNIST at 1408 labels: minutes). ``--ref-train-epochs-measured
+K`` trains only K epochs and extrapolates: the K epochs as measured plus, for each missing
+epoch, the mean time of epochs 2..K (epoch 1 carries the one-time graph tracing; with K = 1
+it is used as it is). ``--ref-score-fraction f`` scores only a fraction f of the pool and
+scales the scoring time by 1 / f. Scaled numbers are flagged in both outputs.
+
+The reference times at the two label counts are interpolated linearly in the number of
+labels to project the published code's whole protocol (``N_SEEDS`` x ``STRATEGIES`` x all
+steps, one process), which is compared with the wall time of this project's last complete
+protocol run on this machine, read from ``results/<dataset>/state/grid_log.jsonl``.
+
+Writes ``<out-dir>/benchmark.md`` (a table) and ``<out-dir>/benchmark.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import importlib
+import json
+import math
+import os
+import shlex
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from data_common import Dataset, resolve_repo_path  # imported first: sets TensorFlow's log level
+
+DATASETS = ("mnist", "mitbih")
+COMPONENTS = ("train", "score", "eval")
+REF_BATCH_SIZE = 32  # the published code fits, predicts and runs MC dropout at batch size 32
+LABEL_SEED = 0       # np.random.default_rng(0) draws the benchmark's labeled set
+QUERY_STRATEGY = "entropy"
+SMOKE = {"pool": 512, "test": 256, "epochs": 2, "ref_epochs_measured": 1, "ref_score_fraction": 0.5}
+TINY = {"labeled": 64, "pool": 160, "test": 64}  # the untimed warm-up step of every process
+
+
+# --------------------------------------------------------------------------- reference models
+def build_reference_ecg_net(input_shape, n_classes):
+    """The published MIT-BIH 1D CNN: four Conv1D pairs, two dense layers of 64; Adam 1e-3."""
+    import keras
+    from keras import layers
+
+    model = keras.Sequential([keras.Input(shape=input_shape)])
+    blocks = [(16, 5), (32, 3), (32, 3), (256, 3)]
+    for i, (filters, kernel) in enumerate(blocks):
+        model.add(layers.Conv1D(filters, kernel, activation="relu"))
+        model.add(layers.Conv1D(filters, kernel, activation="relu"))
+        last = i == len(blocks) - 1
+        model.add(layers.GlobalMaxPooling1D() if last else layers.MaxPooling1D(2))
+        model.add(layers.Dropout(0.2 if last else 0.1))
+    model.add(layers.Dense(64, activation="relu"))
+    model.add(layers.Dense(64, activation="relu"))
+    model.add(layers.Dense(n_classes, activation="softmax"))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    return model
+
+
+def build_reference_mnist_cnn(input_shape, n_classes):
+    """The Keras ``mnist_cnn`` example network ("large" CNN), compiled with Adam."""
+    import keras
+    from keras import layers
+
+    model = keras.Sequential([
+        keras.Input(shape=input_shape),
+        layers.Conv2D(32, 3, activation="relu"),
+        layers.Conv2D(64, 3, activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Dropout(0.25),
+        layers.Flatten(),
+        layers.Dense(128, activation="relu"),
+        layers.Dropout(0.5),
+        layers.Dense(n_classes, activation="softmax"),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(), loss="sparse_categorical_crossentropy")
+    return model
+
+
+@dataclass(frozen=True)
+class Reference:
+    """How the published code runs one dataset.
+
+    Attributes
+    ----------
+    build : ``build(input_shape, n_classes)`` -> compiled Keras model.
+    epochs : training epochs of every step.
+    mc_passes : Monte-Carlo dropout passes for scoring; 0 = one plain ``predict``.
+    """
+
+    build: Callable
+    epochs: int
+    mc_passes: int
+
+
+REFERENCES = {
+    "mitbih": Reference(build_reference_ecg_net, epochs=45, mc_passes=0),
+    "mnist": Reference(build_reference_mnist_cnn, epochs=120, mc_passes=5),
+}
+
+
+# --------------------------------------------------------------------------- pure functions
+def python_loop_entropy(probs) -> list[float]:
+    """Entropy (nats) of each row, computed sample by sample in pure Python like the published code."""
+    return [-sum(p_i * math.log(p_i) for p_i in p if p_i > 0) for p in probs]
+
+
+def top_k_by_sorting(scores: list[float], k: int) -> list[int]:
+    """Positions of the ``k`` highest scores, by sorting the whole list (published style)."""
+    return sorted(range(len(scores)), key=scores.__getitem__, reverse=True)[:k]
+
+
+def extrapolate_train_seconds(t_start: float, fit_start: float, epoch_ends: list[float],
+                              fit_end: float, full_epochs: int) -> float:
+    """Training time of ``full_epochs`` epochs from a run that trained only ``len(epoch_ends)``.
+
+    The measured part (model build, the measured epochs, fit teardown) is kept as it is; each
+    missing epoch costs the mean of epochs 2..K, because epoch 1 also pays the one-time graph
+    tracing. With K = 1 the first epoch is all there is, so it is used.
+
+    Parameters
+    ----------
+    t_start : clock before the model is built.
+    fit_start : clock when ``fit`` is called.
+    epoch_ends : clock at the end of each measured epoch.
+    fit_end : clock when ``fit`` returned.
+    full_epochs : epochs of the real step.
+    """
+    measured = fit_end - t_start
+    k = len(epoch_ends)
+    if k >= full_epochs:
+        return measured
+    per_epoch = (epoch_ends[-1] - epoch_ends[0]) / (k - 1) if k >= 2 else epoch_ends[0] - fit_start
+    return measured + (full_epochs - k) * per_epoch
+
+
+def interpolate(n: float, points: dict[int, float]) -> float:
+    """Linear interpolation in ``n`` through two ``{n: value}`` points, never below 0.
+
+    Outside the points it extrapolates (only a smoke run does); a duration cannot be
+    negative, so the line is cut at 0.
+    """
+    ordered = sorted(points.items())
+    (n0, v0), (n1, v1) = ordered[0], ordered[-1]
+    if n1 == n0:
+        return v0
+    return max(0.0, v0 + (v1 - v0) * (n - n0) / (n1 - n0))
+
+
+def protocol_label_counts(start_size: int, batch_size: int, n_steps: int) -> list[int]:
+    """Labels after each step 0..n_steps of the protocol."""
+    return [start_size + step * batch_size for step in range(n_steps + 1)]
+
+
+def project_protocol_seconds(step_seconds: dict[int, dict[str, float]], start_size: int,
+                             batch_size: int, n_steps: int, n_seeds: int,
+                             strategies: list[str]) -> dict[str, float]:
+    """Serial seconds of a whole protocol, from per-component step times at two label counts.
+
+    Every step trains and evaluates a model at its label count. Scoring happens at steps
+    1..n_steps of strategies that use the model (not ``random``); the scoring of step s
+    uses the model trained at step s - 1, so it costs what scoring costs at the label count
+    of step s - 1 (that model's pool is the one scored).
+
+    Parameters
+    ----------
+    step_seconds : ``{n_labeled: {"train": s, "score": s, "eval": s}}`` at two label counts.
+    start_size, batch_size, n_steps : the protocol's budget.
+    n_seeds : runs per strategy.
+    strategies : strategy names of the grid.
+
+    Returns
+    -------
+    ``{"train": s, "score": s, "eval": s, "total": s}`` summed over all runs.
+    """
+    from strategies import get_strategy
+
+    def at(n, component):
+        return interpolate(n, {k: v[component] for k, v in step_seconds.items()})
+
+    counts = protocol_label_counts(start_size, batch_size, n_steps)
+    per_run = {"train": sum(at(n, "train") for n in counts),
+               "eval": sum(at(n, "eval") for n in counts)}
+    scored = sum(at(n, "score") for n in counts[:-1])  # score of step s at counts[s - 1]
+    n_scoring = sum(get_strategy(s).uses_model for s in strategies)
+    totals = {"train": n_seeds * len(strategies) * per_run["train"],
+              "score": n_seeds * n_scoring * scored,
+              "eval": n_seeds * len(strategies) * per_run["eval"]}
+    return {**totals, "total": sum(totals.values())}
+
+
+# --------------------------------------------------------------------------- protocol records
+def read_grid_log(path: Path) -> list[dict]:
+    """The JSON lines of a grid log; unreadable lines (an interrupted append) are skipped."""
+    if not path.is_file():
+        return []
+    lines = []
+    for text in path.read_text().splitlines():
+        try:
+            lines.append(json.loads(text))
+        except json.JSONDecodeError:
+            continue
+    return lines
+
+
+def is_protocol_grid(line: dict, config: dict, n_seeds: int, strategies: list[str],
+                     cpu_cores: int | None) -> bool:
+    """True if a grid-log line ran the default protocol: its seeds, strategies and config.
+
+    The grid must be exactly ``n_seeds`` seeds x ``strategies``: a wider grid's wall time
+    holds extra runs and would not be comparable with the projection.
+    """
+    same_config = json.dumps(line.get("config"), sort_keys=True) == json.dumps(config, sort_keys=True)
+    return (same_config
+            and len(set(line.get("seeds", []))) == n_seeds
+            and sorted(line.get("strategies", [])) == sorted(strategies)
+            and (cpu_cores is None or line.get("cpu_cores") == cpu_cores)
+            and isinstance(line.get("wall_seconds"), (int, float)))
+
+
+def computed_every_step(line: dict, results_dir: Path, dataset: str) -> bool:
+    """True if the grid's wall time covers every step of every run.
+
+    A ``--fresh`` grid recomputes everything, and a line is only logged after all its runs
+    returned. A grid that was not fresh may have resumed earlier runs, so it counts only if
+    every run's result file is complete, has the grid's config, and every step finished
+    inside the grid's time window (no step was taken over from an earlier grid; results
+    overwritten since then cannot be verified and are rejected).
+    """
+    if line.get("fresh") is True:
+        return True
+    from al_loop import run_paths
+
+    started = line["started_at"]
+    ended = started + line["wall_seconds"] + 60  # slack: the log is written after the last step
+    n_steps = line["config"].get("n_steps")
+    for strategy in line["strategies"]:
+        for seed in line["seeds"]:
+            result_path, _ = run_paths(results_dir, dataset, strategy, seed)
+            try:
+                result = json.loads(result_path.read_text())
+            except (OSError, json.JSONDecodeError):
+                return False
+            steps = result.get("steps", [])
+            finished = [s.get("finished_at") for s in steps]
+            if (not result.get("complete") or result.get("config") != line["config"]
+                    or len(steps) != n_steps + 1 or None in finished
+                    or not all(started <= t <= ended for t in finished)):
+                return False
+    return True
+
+
+def latest_protocol_run(results_dir: Path, dataset: str, config: dict, n_seeds: int,
+                        strategies: list[str], cpu_cores: int | None) -> dict | None:
+    """The latest complete default-protocol grid of ``dataset`` in its grid log, or None."""
+    path = results_dir / dataset / "state" / "grid_log.jsonl"
+    lines = [line for line in read_grid_log(path)
+             if is_protocol_grid(line, config, n_seeds, strategies, cpu_cores)
+             and computed_every_step(line, results_dir, dataset)]
+    return max(lines, key=lambda line: line["started_at"], default=None)
+
+
+# --------------------------------------------------------------------------- dataset plans
+def script_module(dataset: str):
+    """The dataset script (``code/<dataset>.py``) as a module; its ``main`` does not run."""
+    return importlib.import_module(dataset)
+
+
+def default_config(module) -> dict:
+    """A dataset script's run config: its UPPER_CASE defaults minus the grid keys."""
+    import experiment
+    return {k: v for k, v in experiment.hyperparameters(vars(module)).items()
+            if k not in experiment.GRID_KEYS}
+
+
+def protocol_of(module) -> dict:
+    """Budget and grid of a dataset script's default protocol."""
+    import experiment
+    hp = experiment.hyperparameters(vars(module))
+    return {"start_size": hp["start_size"], "batch_size": hp["batch_size"], "n_steps": hp["n_steps"],
+            "n_seeds": hp["n_seeds"], "strategies": list(hp["strategies"])}
+
+
+def results_folder(module, config: dict, dataset: str) -> str:
+    """Folder name the script writes its results to (MIT-BIH depends on the split)."""
+    name_of = getattr(module, "results_name", None)
+    return name_of(config) if callable(name_of) else dataset
+
+
+def benchmark_label_counts(protocol: dict, smoke: bool) -> list[int]:
+    """The smallest and the largest label count of the protocol (smoke: small stand-ins)."""
+    if smoke:
+        return [protocol["start_size"] // 4, protocol["start_size"] // 2]
+    counts = protocol_label_counts(protocol["start_size"], protocol["batch_size"], protocol["n_steps"])
+    return [counts[0], counts[-1]]
+
+
+# --------------------------------------------------------------------------- data of one step
+def subset(data: Dataset, labeled: np.ndarray, pool: np.ndarray,
+           test: np.ndarray) -> tuple[Dataset, np.ndarray]:
+    """A dataset whose train part is ``labeled`` then ``pool``; returns it and the labeled positions."""
+    train = np.concatenate([labeled, pool])
+    part = replace(data, x_train=data.x_train[train], y_train=data.y_train[train],
+                   x_test=data.x_test[test], y_test=data.y_test[test])
+    return part, np.arange(len(labeled))
+
+
+def step_data(data: Dataset, n_labeled: int, smoke: bool) -> tuple[Dataset, np.ndarray]:
+    """The benchmark's labeled set (``default_rng(0)``), the rest of the pool, the test set."""
+    rng = np.random.default_rng(LABEL_SEED)
+    labeled = rng.choice(len(data.x_train), n_labeled, replace=False)
+    pool = np.setdiff1d(np.arange(len(data.x_train)), labeled)
+    test = np.arange(len(data.x_test))
+    if smoke:
+        pool = np.sort(rng.choice(pool, min(SMOKE["pool"], len(pool)), replace=False))
+        test = test[: SMOKE["test"]]
+    return subset(data, labeled, pool, test)
+
+
+def tiny_data(data: Dataset) -> tuple[Dataset, np.ndarray]:
+    """A few samples for the untimed warm-up step."""
+    n_lab, n_pool = TINY["labeled"], TINY["pool"]
+    return subset(data, np.arange(n_lab), np.arange(n_lab, n_lab + n_pool), np.arange(TINY["test"]))
+
+
+# --------------------------------------------------------------------------- the two steps
+def timed_fit(model, x, y, epochs: int, batch_size: int) -> tuple[float, list[float], float]:
+    """Fit without logging; return the clock at fit start, at each epoch end, at fit end."""
+    import keras
+
+    ends: list[float] = []
+
+    class EpochEnds(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            ends.append(time.perf_counter())
+
+    fit_start = time.perf_counter()
+    model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[EpochEnds()])
+    return fit_start, ends, time.perf_counter()
+
+
+def mc_dropout_probs(model, x: np.ndarray, passes: int, batch_size: int = REF_BATCH_SIZE) -> np.ndarray:
+    """Mean class probabilities of ``passes`` dropout-on forward passes, batch by batch in Python."""
+    total = 0.0
+    for _ in range(passes):
+        batches = [np.asarray(model(x[i:i + batch_size], training=True))
+                   for i in range(0, len(x), batch_size)]
+        total = total + np.concatenate(batches)
+    return total / passes
+
+
+def reference_scores(model, x_pool: np.ndarray, mc_passes: int) -> list[float]:
+    """Published-style entropy of every pool sample: predict (or MC dropout), then a Python loop."""
+    if mc_passes:
+        probs = mc_dropout_probs(model, x_pool, mc_passes)
+    else:
+        probs = model.predict(x_pool, batch_size=REF_BATCH_SIZE, verbose=0)
+    return python_loop_entropy(probs)
+
+
+def reference_step(ref: Reference, data: Dataset, labeled_idx: np.ndarray, k: int,
+                   epochs_measured: int, score_fraction: float) -> dict:
+    """Time one published-style step; train and score may be measured in part and scaled."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    x_lab, y_lab = data.x_train[labeled_idx], data.y_train[labeled_idx]
+    x_pool = data.x_train[len(labeled_idx):]  # step_data puts the labeled samples first
+    epochs_measured = min(epochs_measured, ref.epochs)
+    t0 = time.perf_counter()
+    model = ref.build(x_lab.shape[1:], len(data.class_names))
+    fit_start, epoch_ends, fit_end = timed_fit(model, x_lab, y_lab, epochs_measured, REF_BATCH_SIZE)
+    train_measured = fit_end - t0
+    train = extrapolate_train_seconds(t0, fit_start, epoch_ends, fit_end, ref.epochs)
+
+    n_scored = min(len(x_pool), max(k, math.ceil(score_fraction * len(x_pool))))
+    t0 = time.perf_counter()
+    top_k_by_sorting(reference_scores(model, x_pool[:n_scored], ref.mc_passes), k)
+    score_measured = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    y_pred = model.predict(data.x_test, batch_size=REF_BATCH_SIZE, verbose=0).argmax(axis=1)
+    macro_f1 = f1_score(data.y_test, y_pred, average="macro")
+    accuracy_score(data.y_test, y_pred)  # the published code reports both; the cost is part of eval
+    evaluate = time.perf_counter() - t0
+    return {"seconds": {"train": train, "score": score_measured * len(x_pool) / n_scored,
+                        "eval": evaluate},
+            "measured_seconds": {"train": train_measured, "score": score_measured, "eval": evaluate},
+            "scaled": {"train": epochs_measured < ref.epochs, "score": n_scored < len(x_pool),
+                       "eval": False},
+            "epochs": {"full": ref.epochs, "measured": epochs_measured},
+            "n_scored": int(n_scored), "macro_f1": float(macro_f1)}
+
+
+def our_step(module, config: dict, data: Dataset, labeled_idx: np.ndarray) -> dict:
+    """Time one step of this project's loop, through the loop's own functions."""
+    from al_loop import evaluate, select_next, train_fresh_model
+    from strategies import get_strategy
+
+    n_classes = len(data.class_names)
+    t0 = time.perf_counter()
+    model = train_fresh_model(module.build_model, config, data.x_train[labeled_idx],
+                              data.y_train[labeled_idx], n_classes, [LABEL_SEED, 0])
+    train = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rng = np.random.default_rng([LABEL_SEED, 1])
+    chosen = select_next(get_strategy(QUERY_STRATEGY), model, data, labeled_idx, config, rng)
+    score = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    metrics = evaluate(model, data)
+    evaluate_seconds = time.perf_counter() - t0
+    subsample = int(config.get("pool_subsample") or 0)
+    n_pool = len(data.x_train) - len(labeled_idx)
+    seconds = {"train": train, "score": score, "eval": evaluate_seconds}
+    return {"seconds": seconds, "measured_seconds": dict(seconds),
+            "scaled": {c: False for c in COMPONENTS},
+            "epochs": {"full": config["epochs"], "measured": config["epochs"]},
+            "n_scored": min(subsample, n_pool) if subsample > 0 else n_pool,
+            "macro_f1": metrics["macro_f1"], "n_selected": len(chosen)}
+
+
+# --------------------------------------------------------------------------- worker processes
+def configure_process(kind: str, jobs: int | None, n_runs: int) -> dict:
+    """Set this process's TensorFlow threads: ours like a protocol worker, reference TF defaults."""
+    import experiment
+    import tensorflow as tf
+
+    if kind == "ours":
+        jobs = jobs or experiment.default_jobs(n_runs)
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        experiment.configure_tensorflow(threads)
+        setting = {"jobs": jobs, "threads": threads}
+    else:  # the published code set nothing: all cores, no deterministic kernels
+        tf.get_logger().setLevel("ERROR")
+        setting = {"jobs": None, "threads": "TensorFlow default (all cores)"}
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    return {**setting, "tensorflow": tf.__version__, "gpus": gpus}
+
+
+def measure(spec: dict, data: Dataset, warm_up: bool) -> dict:
+    """One measurement (dataset x label count x kind), after an untimed tiny step if ``warm_up``."""
+    module = script_module(spec["dataset"])
+    config, ref = default_config(module), REFERENCES[spec["dataset"]]
+    if spec["smoke"]:
+        config["epochs"] = SMOKE["epochs"]
+        ref = replace(ref, epochs=SMOKE["epochs"])
+
+    def run(part: Dataset, labeled_idx: np.ndarray, tiny: bool = False) -> dict:
+        if spec["kind"] == "ours":
+            return our_step(module, {**config, "epochs": 1} if tiny else config, part, labeled_idx)
+        epochs_measured = 1 if tiny else spec["ref_epochs_measured"] or ref.epochs  # None: all
+        score_fraction = 1.0 if tiny else spec["ref_score_fraction"]
+        return reference_step(ref, part, labeled_idx, config["batch_size"], epochs_measured, score_fraction)
+
+    if warm_up:
+        run(*tiny_data(data), tiny=True)
+    part, labeled_idx = step_data(data, spec["n_labeled"], spec["smoke"])
+    result = run(part, labeled_idx)
+    result["seconds"]["total"] = sum(result["seconds"][c] for c in COMPONENTS)
+    return {**{k: spec[k] for k in ("dataset", "kind", "n_labeled")},
+            "n_pool": len(part.x_train) - len(labeled_idx), "n_test": len(part.x_test),
+            "score_fraction": spec["ref_score_fraction"] if spec["kind"] == "reference" else 1.0,
+            **result}
+
+
+def run_measurements(specs: list[dict]) -> list[dict]:
+    """Worker entry point: all ``specs`` share this process's thread setting (same kind).
+
+    The first measurement is preceded by an untimed tiny step: TensorFlow's one-time start-up
+    belongs to the process, not to a step.
+    """
+    faulthandler.enable()  # a native crash (TensorFlow) then leaves a traceback on stderr
+    first = specs[0]
+    setting = configure_process(first["kind"], first["jobs"], first["n_runs"])
+    loaded: dict[str, Dataset] = {}
+    results = []
+    for spec in specs:
+        if spec["dataset"] not in loaded:
+            module = script_module(spec["dataset"])
+            loaded[spec["dataset"]] = module.load_data(default_config(module), spec["data_dir"])
+        warm_up = not results
+        results.append({**measure(spec, loaded[spec["dataset"]], warm_up), **setting})
+    return results
+
+
+def in_fresh_process(specs: list[dict]) -> list[dict]:
+    """Run ``specs`` in a new spawned Python process, so TensorFlow starts from scratch."""
+    import multiprocessing as mp
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        try:
+            return pool.submit(run_measurements, specs).result()
+        except BrokenProcessPool:
+            which = ", ".join(f"{s['dataset']} {s['kind']} {s['n_labeled']}" for s in specs)
+            raise RuntimeError(f"the worker process measuring {which} died (killed, out of memory, "
+                               "or a native crash: see its stderr above); rerun the benchmark") from None
+
+
+def process_groups(specs: list[dict], smoke: bool) -> list[list[dict]]:
+    """One process per measurement; a smoke run shares one per kind to stay fast."""
+    if not smoke:
+        return [[spec] for spec in specs]
+    return [[s for s in specs if s["kind"] == kind] for kind in ("reference", "ours")
+            if any(s["kind"] == kind for s in specs)]
+
+
+# --------------------------------------------------------------------------- report
+def cpu_model() -> str:
+    """The CPU's "model name" from /proc/cpuinfo (Linux), else the platform's processor."""
+    import platform
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def ratio(numerator, denominator):
+    """``numerator / denominator``, or None when either is missing or the denominator is 0."""
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def dataset_report(dataset: str, plan: dict, measurements: list[dict], protocol_dir: Path) -> dict:
+    """Per-step comparison, projected reference protocol and measured protocol of one dataset."""
+    mine = [m for m in measurements if m["dataset"] == dataset]
+    by = {(m["kind"], m["n_labeled"]): m for m in mine}
+    steps = {}
+    for n in plan["label_counts"]:
+        ref, ours = by[("reference", n)]["seconds"], by[("ours", n)]["seconds"]
+        steps[n] = {"reference": ref, "ours": ours, "speedup": ratio(ref["total"], ours["total"])}
+    p = plan["protocol"]
+    budget = (p["start_size"], p["batch_size"], p["n_steps"], p["n_seeds"], p["strategies"])
+    projected = project_protocol_seconds({n: s["reference"] for n, s in steps.items()}, *budget)
+    ours_serial = project_protocol_seconds({n: s["ours"] for n, s in steps.items()}, *budget)
+    run = latest_protocol_run(protocol_dir, plan["results_folder"], plan["config"], p["n_seeds"],
+                              p["strategies"], os.cpu_count())
+    measured_min = run["wall_seconds"] / 60 if run else None
+    return {"label_counts": plan["label_counts"], "protocol": p, "config": plan["config"],
+            "steps": {str(n): s for n, s in steps.items()},
+            "speedup_step_final": steps[plan["label_counts"][-1]]["speedup"],
+            "reference_protocol_minutes_projected": projected["total"] / 60,
+            "reference_protocol_minutes_projected_by_component": {k: v / 60 for k, v in projected.items()},
+            "ours_protocol_minutes_projected_serial": ours_serial["total"] / 60,
+            "protocol_run": run, "protocol_minutes_measured": measured_min,
+            "speedup_protocol": ratio(projected["total"] / 60, measured_min),
+            "measurements": mine}
+
+
+def build_report(plans: dict, measurements: list[dict], args, command: str) -> dict:
+    """Everything ``benchmark.json`` holds; top-level sums cover the benchmarked datasets."""
+    from al_loop import git_commit
+
+    per_dataset = {ds: dataset_report(ds, plan, measurements, args.protocol_results_dir)
+                   for ds, plan in plans.items()}
+    projected = sum(r["reference_protocol_minutes_projected"] for r in per_dataset.values())
+    measured = [r["protocol_minutes_measured"] for r in per_dataset.values()]
+    measured_total = None if None in measured else sum(measured)
+    ours = next(m for m in measurements if m["kind"] == "ours")
+    return {
+        **{f"speedup_step_{ds}": (per_dataset[ds]["speedup_step_final"] if ds in per_dataset else None)
+           for ds in DATASETS},
+        "reference_protocol_minutes_projected": projected,
+        "protocol_minutes_measured": measured_total,
+        "speedup_protocol": ratio(projected, measured_total),
+        "cpu_cores": os.cpu_count(), "cpu_model": cpu_model(),
+        "tensorflow": ours["tensorflow"], "gpus": ours["gpus"],
+        "ours_jobs": ours["jobs"], "ours_threads": ours["threads"],
+        "command": command, "smoke": args.smoke, "git_commit": git_commit(),
+        "created_at": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "options": {"datasets": list(plans), "ref_train_epochs_measured": args.ref_train_epochs_measured,
+                    "ref_score_fraction": args.ref_score_fraction, "jobs": args.jobs,
+                    "protocol_results_dir": str(args.protocol_results_dir)},
+        "datasets": per_dataset,
+    }
+
+
+def fmt(seconds, scaled=False) -> str:
+    """Seconds with one decimal; ``*`` marks a number scaled from a partial measurement."""
+    return "–" if seconds is None else f"{seconds:.1f}{'*' if scaled else ''}"
+
+
+def fmt_ratio(value) -> str:
+    """A speed-up as ``12.3x``, or a dash when unknown."""
+    return "–" if value is None else f"{value:.1f}x"
+
+
+def step_rows(report: dict) -> list[str]:
+    """Markdown rows: per dataset and label count, reference and our seconds and the ratio."""
+    rows = []
+    for ds, r in report["datasets"].items():
+        for m_ref in (m for m in r["measurements"] if m["kind"] == "reference"):
+            n = m_ref["n_labeled"]
+            m_ours = next(m for m in r["measurements"] if m["kind"] == "ours" and m["n_labeled"] == n)
+            ref = [fmt(m_ref["seconds"][c], m_ref["scaled"][c]) for c in COMPONENTS]
+            ours = [fmt(m_ours["seconds"][c]) for c in COMPONENTS]
+            total_scaled = any(m_ref["scaled"].values())
+            ref_total = fmt(m_ref["seconds"]["total"], total_scaled)
+            rows.append(f"| {ds} | {n} | {' | '.join(ref)} | {ref_total} | "
+                        f"{' | '.join(ours)} | {fmt(m_ours['seconds']['total'])} | "
+                        f"{fmt_ratio(r['steps'][str(n)]['speedup'])} |")
+    return rows
+
+
+def scaling_notes(report: dict) -> list[str]:
+    """Which reference numbers were measured in part and how they were scaled."""
+    notes = []
+    for m in (m for r in report["datasets"].values() for m in r["measurements"] if m["kind"] == "reference"):
+        where = f"{m['dataset']} at {m['n_labeled']} labels"
+        if m["scaled"]["train"]:
+            notes.append(f"- {where}: train measured over {m['epochs']['measured']} of {m['epochs']['full']} "
+                         f"epochs ({m['measured_seconds']['train']:.1f} s), extrapolated to all epochs.")
+        if m["scaled"]["score"]:
+            notes.append(f"- {where}: scoring measured on {m['n_scored']} of {m['n_pool']} pool samples "
+                         f"({m['measured_seconds']['score']:.1f} s), "
+                         f"scaled by {m['n_pool'] / m['n_scored']:.2f}.")
+    return notes or ["- none: every reference number was measured in full."]
+
+
+def protocol_rows(report: dict) -> list[str]:
+    """Markdown rows: projected reference protocol vs the measured protocol run, per dataset."""
+    rows = []
+    for ds, r in report["datasets"].items():
+        run = r["protocol_run"]
+        used = (f"grid of {time.strftime('%Y-%m-%d %H:%M', time.localtime(run['started_at']))}, "
+                f"jobs {run['jobs']}, code {str(run.get('git_commit'))[:12]}, "
+                f"{'fresh' if run.get('fresh') else 'verified from result files'}"
+                if run else "no complete default-protocol run in grid_log.jsonl")
+        rows.append(f"| {ds} | {r['reference_protocol_minutes_projected']:.1f} | "
+                    f"{fmt(r['protocol_minutes_measured'])} | {fmt_ratio(r['speedup_protocol'])} | {used} |")
+    total = report["protocol_minutes_measured"]
+    rows.append(f"| **all** | {report['reference_protocol_minutes_projected']:.1f} | {fmt(total)} | "
+                f"{fmt_ratio(report['speedup_protocol'])} | "
+                f"{'sum of the datasets' if total is not None else 'not available: a dataset lacks a run'} |")
+    return rows
+
+
+def markdown(report: dict) -> str:
+    """``benchmark.md``: machine, command, per-step table, protocol projection vs measurement."""
+    gpu = ", ".join(report["gpus"]) or "none"
+    smoke = ["**SMOKE RUN: tiny data, 2 epochs; the numbers mean nothing.**", ""] if report["smoke"] else []
+    lines = [
+        "# Speed benchmark: published-style step vs this project's step", "",
+        *smoke,
+        f"- Command: `{report['command']}`",
+        f"- Machine: {report['cpu_cores']} CPU cores ({report['cpu_model']}), "
+        f"TensorFlow {report['tensorflow']}, GPU: {gpu}",
+        f"- Date: {report['created_at']}, code at {report['git_commit']}",
+        f"- Reference: TensorFlow's default threads (all cores), one process. Ours: "
+        f"{report['ours_threads']} thread(s) per process, as a protocol worker with "
+        f"--jobs {report['ours_jobs']}.",
+        "",
+        "## Seconds per active-learning step (train + score pool + evaluate on test)", "",
+        "| dataset | labels | ref train | ref score | ref eval | ref total | ours train | ours score "
+        "| ours eval | ours total | speed-up |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *step_rows(report), "",
+        "`*` scaled from a partial measurement; all other numbers are measured:",
+        *scaling_notes(report), "",
+        "## Whole protocol (all seeds x strategies x steps), minutes", "",
+        "Reference: each component interpolated linearly in the number of labels between the two "
+        "measured label counts and summed over the protocol's steps (no scoring at step 0 nor for "
+        "random; one process, so the sum is the wall time). Measured: wall time of this project's "
+        "latest complete default-protocol run on this machine (`results/<dataset>/state/grid_log.jsonl`).",
+        "",
+        "| dataset | reference projected | ours measured | speed-up | protocol run used |",
+        "|---|---:|---:|---:|---|",
+        *protocol_rows(report), "",
+    ]
+    return "\n".join(lines)
+
+
+def write_outputs(report: dict, out_dir: Path) -> None:
+    """``benchmark.json`` (atomically) and ``benchmark.md`` in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from al_loop import write_json_atomic
+    write_json_atomic(out_dir / "benchmark.json", report)
+    (out_dir / "benchmark.md").write_text(markdown(report))
+
+
+# --------------------------------------------------------------------------- command line
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python code/benchmark.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", default=",".join(DATASETS), metavar="A,B",
+                        help=f"comma-separated datasets to benchmark (default {','.join(DATASETS)})")
+    parser.add_argument("--ref-train-epochs-measured", type=int, default=None, metavar="K",
+                        help="train the reference only this many epochs and extrapolate (default: all)")
+    parser.add_argument("--ref-score-fraction", type=float, default=None, metavar="F",
+                        help="score only this fraction of the pool in the reference and scale (default 1.0)")
+    parser.add_argument("--jobs", type=int, default=None, metavar="J",
+                        help="protocol jobs our worker is configured for: threads = cpu_count // jobs "
+                             "(default: as the dataset scripts, the number of cores, 1 with a GPU)")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="folder searched first for the data (then $AL_DATA_DIR/<dataset>, data/)")
+    parser.add_argument("--out-dir", default=None, metavar="DIR",
+                        help="where benchmark.md/.json go (default results/; --smoke: a temporary folder)")
+    parser.add_argument("--protocol-results-dir", default="results", metavar="DIR",
+                        help="results folder whose grid logs give the protocol wall time (default results/)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="test the script only: 512 pool and 256 test samples, labels START_SIZE/4 "
+                             "and /2, 2 epochs (reference: 1 measured), half the pool scored, "
+                             "one process per kind instead of per measurement")
+    args = parser.parse_args(argv)
+    args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    unknown = sorted(set(args.datasets) - set(DATASETS))
+    if unknown or not args.datasets:
+        parser.error(f"unknown datasets {unknown}; choose from {', '.join(DATASETS)}")
+    if args.ref_train_epochs_measured is None and args.smoke:
+        args.ref_train_epochs_measured = SMOKE["ref_epochs_measured"]
+    if args.ref_score_fraction is None:
+        args.ref_score_fraction = SMOKE["ref_score_fraction"] if args.smoke else 1.0
+    if (args.ref_train_epochs_measured or 1) < 1 or not 0 < args.ref_score_fraction <= 1:
+        parser.error("--ref-train-epochs-measured must be >= 1 and --ref-score-fraction in (0, 1]")
+    if args.jobs is not None and args.jobs < 1:
+        parser.error("--jobs must be >= 1")
+    if args.out_dir is None:
+        args.out_dir = tempfile.mkdtemp(prefix="benchmark_smoke_") if args.smoke else "results"
+    args.out_dir = resolve_repo_path(args.out_dir)
+    args.protocol_results_dir = resolve_repo_path(args.protocol_results_dir)
+    return args
+
+
+def plan_dataset(dataset: str, smoke: bool) -> dict:
+    """What to measure for a dataset, read from its script: config, protocol, label counts."""
+    module = script_module(dataset)
+    config = default_config(module)
+    protocol = protocol_of(module)
+    return {"config": config, "protocol": protocol, "results_folder": results_folder(module, config, dataset),
+            "label_counts": benchmark_label_counts(protocol, smoke)}
+
+
+def measurement_specs(plans: dict, args) -> list[dict]:
+    """Reference and ours at each label count, interleaved so slow drifts in load hit both."""
+    return [{"dataset": ds, "kind": kind, "n_labeled": n, "smoke": args.smoke, "jobs": args.jobs,
+             "n_runs": plan["protocol"]["n_seeds"] * len(plan["protocol"]["strategies"]),
+             "ref_epochs_measured": args.ref_train_epochs_measured,
+             "ref_score_fraction": args.ref_score_fraction, "data_dir": args.data_dir}
+            for ds, plan in plans.items() for n in plan["label_counts"] for kind in ("reference", "ours")]
+
+
+def describe(m: dict) -> str:
+    """One progress line per measurement; ``*`` marks scaled numbers."""
+    parts = ", ".join(f"{c} {fmt(m['seconds'][c], m['scaled'][c])}" for c in COMPONENTS)
+    total = m["seconds"]["total"]
+    return f"{m['dataset']:>6} {m['kind']:>9} {m['n_labeled']:5d} labels: {parts}, total {total:.1f} s"
+
+
+def main(argv=None) -> dict:
+    """Measure every dataset x label count x kind in its own process, then write the report."""
+    args = parse_args(argv)
+    command = "python code/benchmark.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
+    plans = {ds: plan_dataset(ds, args.smoke) for ds in args.datasets}
+    measurements = []
+    for group in process_groups(measurement_specs(plans, args), args.smoke):
+        for m in in_fresh_process(group):
+            print(describe(m), flush=True)
+            measurements.append(m)
+    report = build_report(plans, measurements, args, command.strip())
+    write_outputs(report, args.out_dir)
+    for key in ("speedup_step_mitbih", "speedup_step_mnist", "reference_protocol_minutes_projected",
+                "protocol_minutes_measured", "speedup_protocol"):
+        print(f"{key}: {report[key] if report[key] is None else round(report[key], 2)}")
+    print(f"wrote {args.out_dir / 'benchmark.md'} and benchmark.json")
+    return report
+
+
+if __name__ == "__main__":
+    main()

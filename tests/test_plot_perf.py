@@ -1,0 +1,263 @@
+"""plot_perf: summary tables, plots and statistics from hand-made run files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import plot_perf
+
+CONFIG = {"start_size": 20, "batch_size": 10, "n_steps": 2, "epochs": 2, "fit_batch_size": 32,
+          "val_fraction": 0.0, "patience": 0, "class_weight": "none", "pool_subsample": 0}
+# macro-F1 per seed (rows) and step (columns, 20 / 30 / 40 labels)
+F1 = {
+    "random": [[0.40, 0.50, 0.60], [0.40, 0.60, 0.70], [0.40, 0.70, 0.80]],
+    "entropy": [[0.40, 0.60, 0.90], [0.40, 0.70, 0.90], [0.40, 0.80, 0.90]],
+}
+
+
+def run_dict(strategy, seed, f1s, complete=True, n_steps=2):
+    steps = []
+    for k, f1 in enumerate(f1s):
+        n = 20 + 10 * k
+        steps.append({
+            "step": k, "n_labeled": n, "macro_f1": f1, "accuracy": f1,
+            "per_class_f1": {"a": f1 - 0.05, "b": f1 + 0.05},
+            "labeled_class_counts": {"a": n // 2 + seed, "b": n - n // 2 - seed},
+            "train_seconds": 0.1, "score_seconds": 0.0, "eval_seconds": 0.1, "finished_at": 1.0})
+    return {"dataset": "toy", "strategy": strategy, "seed": seed, "config": {**CONFIG, "n_steps": n_steps},
+            "git_commit": "abc", "versions": {"python": "3"}, "complete": complete, "steps": steps}
+
+
+def write_run(folder: Path, run: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{run['strategy']}_seed{run['seed']}.json"
+    path.write_text(json.dumps(run, indent=1))
+    return path
+
+
+@pytest.fixture
+def results(tmp_path):
+    """tmp/results/toy/ with 2 strategies x 3 seeds x 3 steps, all complete."""
+    folder = tmp_path / "results" / "toy"
+    for strategy, rows in F1.items():
+        for seed, f1s in enumerate(rows):
+            write_run(folder, run_dict(strategy, seed, f1s))
+    return tmp_path / "results"
+
+
+def summarize(results_dir) -> tuple[int, str]:
+    code = plot_perf.main(["--results-dir", str(results_dir)])
+    summary = results_dir / "toy_summary.md"
+    return code, summary.read_text() if summary.exists() else ""
+
+
+def table_row(summary: str, first_cell: str, section: str) -> list[str]:
+    """Cells of the row starting with ``first_cell`` in the table under heading ``section``."""
+    part = summary.split(section, 1)[1].split("\n## ", 1)[0]
+    for line in part.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no row {first_cell!r} under {section!r}:\n{part}")
+
+
+# --------------------------------------------------------------------------- the script
+def test_main_writes_plots_and_summary(results, capsys):
+    code, summary = summarize(results)
+    assert code == 0
+    for name in ("toy_perf.png", "toy_classes.png", "toy_summary.md"):
+        path = results / name
+        assert path.exists() and path.stat().st_size > 0
+        if name.endswith(".png"):
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "toy_summary.md" in capsys.readouterr().out
+    assert summary.startswith("# toy: 6 runs")
+
+
+def test_summary_table_has_hand_computed_mean_and_std(results):
+    _, summary = summarize(results)
+    # At 30 labels: random 0.5, 0.6, 0.7 -> mean 0.6, sample std 0.1; entropy 0.6, 0.7, 0.8.
+    row = table_row(summary, "30", "## Macro-F1 per budget")
+    assert row[1] == "0.6000 ± 0.1000 (3)"
+    assert row[2] == "0.7000 ± 0.1000 (3)"
+    # At 40 labels entropy is constant across seeds: std 0.
+    assert table_row(summary, "40", "## Macro-F1 per budget")[2] == "0.9000 ± 0.0000 (3)"
+
+
+def test_summary_strategy_table_has_final_f1_aubc_and_labels_to_random_final(results):
+    _, summary = summarize(results)
+    random_row = table_row(summary, "random", "## Strategies")
+    entropy_row = table_row(summary, "entropy", "## Strategies")
+    assert random_row[1] == "40" and random_row[2] == "0.7000 ± 0.1000"
+    # AUBC entropy seed 0: ((0.4 + 0.6) / 2 * 10 + (0.6 + 0.9) / 2 * 10) / 20 = 0.625; seeds +0.05 each.
+    assert entropy_row[3] == "0.6750 ± 0.0500"
+    # Random's final mean 0.7 is reached by entropy's mean at 30 labels, by random at 40.
+    assert entropy_row[5] == "30" and random_row[5] == "40"
+    assert "random's final (0.7000)" in summary
+
+
+def test_summary_lists_random_first_and_reports_no_incomplete_runs(results):
+    _, summary = summarize(results)
+    assert "Incomplete runs (used up to their last step): none" in summary
+    header = next(line for line in summary.splitlines() if line.startswith("| labels"))
+    assert header.index("random") < header.index("entropy")
+
+
+def test_incomplete_run_is_listed_as_incomplete(results):
+    write_run(results / "toy", run_dict("entropy", 3, [0.4, 0.6], complete=False))
+    code, summary = summarize(results)
+    assert code == 0
+    assert "entropy_seed3 (2 of 3 steps)" in summary
+    # Used up to its last step: 4 entropy seeds at 30 labels, 3 at 40.
+    assert table_row(summary, "30", "## Macro-F1 per budget")[2].endswith("(4)")
+    assert table_row(summary, "40", "## Macro-F1 per budget")[2].endswith("(3)")
+
+
+def test_truncated_run_file_is_reported_and_skipped(results, capsys):
+    path = write_run(results / "toy", run_dict("entropy", 3, [0.0, 0.0, 0.0]))
+    path.write_text(path.read_text()[:100])
+    code, summary = summarize(results)
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "entropy_seed3.json" in err and "skipped" in err
+    assert "Invalid files skipped: 1" in summary
+    assert table_row(summary, "30", "## Macro-F1 per budget")[2] == "0.7000 ± 0.1000 (3)"
+
+
+def test_run_file_with_missing_keys_is_reported_and_skipped(results, capsys):
+    bad = run_dict("entropy", 3, [0.0, 0.0, 0.0])
+    del bad["steps"][1]["macro_f1"]
+    write_run(results / "toy", bad)
+    assert summarize(results)[0] == 0
+    assert "step 1 is malformed" in capsys.readouterr().err
+
+
+def test_missing_results_dir_returns_1_with_a_message(tmp_path, capsys):
+    assert plot_perf.main(["--results-dir", str(tmp_path / "nothing")]) == 1
+    assert "No results folder" in capsys.readouterr().err
+
+
+def test_empty_results_dir_returns_1_with_a_message(tmp_path, capsys):
+    (tmp_path / "toy").mkdir()
+    assert plot_perf.main(["--results-dir", str(tmp_path)]) == 1
+    assert "No run files" in capsys.readouterr().err
+
+
+def test_results_dir_with_only_invalid_files_returns_1(tmp_path, capsys):
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "toy" / "random_seed0.json").write_text("{")
+    assert plot_perf.main(["--results-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "random_seed0.json" in err and "No run files" in err
+
+
+def test_state_folder_and_grid_log_are_not_read_as_runs(results):
+    state = results / "toy" / "state"
+    state.mkdir()
+    (state / "random_seed0.json").write_text(json.dumps({"selected": [[1, 2]]}))
+    (state / "grid_log.jsonl").write_text("{}\n")
+    code, summary = summarize(results)
+    assert code == 0 and summary.startswith("# toy: 6 runs")
+
+
+def test_single_seed_has_no_std_and_no_p_value(tmp_path):
+    folder = tmp_path / "toy"
+    write_run(folder, run_dict("random", 0, [0.4, 0.5, 0.6]))
+    write_run(folder, run_dict("entropy", 0, [0.4, 0.6, 0.7]))
+    code, summary = summarize(tmp_path)
+    assert code == 0
+    assert table_row(summary, "30", "## Macro-F1 per budget")[1:] == ["0.5000 (1)", "0.6000 (1)", "-"]
+
+
+# --------------------------------------------------------------------------- statistics
+def frame(rows):
+    return pd.DataFrame(rows, columns=["strategy", "seed", "n_labeled", "macro_f1"])
+
+
+def test_aubc_is_the_normalized_trapezoid_area():
+    df = frame([("s", 0, 10, 0.2), ("s", 0, 20, 0.4), ("s", 0, 40, 0.8)])
+    # (0.2 + 0.4) / 2 * 10 + (0.4 + 0.8) / 2 * 20 = 3 + 12 = 15, over the range 30
+    assert plot_perf.aubc(df).aubc.tolist() == pytest.approx([0.5])
+
+
+def test_aubc_sorts_by_budget_and_is_per_run():
+    df = frame([("s", 0, 20, 1.0), ("s", 0, 10, 0.0), ("s", 1, 10, 0.5), ("s", 1, 20, 0.5)])
+    out = plot_perf.aubc(df).set_index("seed").aubc
+    assert out[0] == pytest.approx(0.5) and out[1] == pytest.approx(0.5)
+
+
+def test_aubc_of_a_single_step_is_its_f1():
+    assert plot_perf.aubc(frame([("s", 0, 10, 0.3)])).aubc.tolist() == pytest.approx([0.3])
+
+
+def test_aubc_of_a_constant_curve_is_the_constant():
+    df = frame([("s", 0, n, 0.7) for n in (10, 25, 100)])
+    assert plot_perf.aubc(df).aubc.iloc[0] == pytest.approx(0.7)
+
+
+def stats_frame():
+    return pd.DataFrame({"strategy": ["a"] * 3 + ["b"] * 3,
+                         "n_labeled": [10, 20, 30] * 2,
+                         "mean": [0.5, 0.7, 0.9, 0.4, 0.5, 0.6]})
+
+
+@pytest.mark.parametrize("strategy, target, expected", [
+    ("a", 0.7, 20),   # reached exactly counts
+    ("a", 0.69, 20),
+    ("a", 0.1, 10),
+    ("a", 0.95, None),
+    ("b", 0.6, 30),
+    ("c", 0.0, None),  # unknown strategy
+])
+def test_labels_to_reach(strategy, target, expected):
+    assert plot_perf.labels_to_reach(stats_frame(), strategy, target) == expected
+
+
+def test_labels_to_reach_returns_an_int():
+    assert type(plot_perf.labels_to_reach(stats_frame(), "a", 0.7)) is int
+
+
+def wilcoxon_frame(a, b, seeds_a=None, seeds_b=None):
+    rows = [("x", s, v) for s, v in zip(seeds_a or range(len(a)), a)]
+    rows += [("random", s, v) for s, v in zip(seeds_b or range(len(b)), b)]
+    return pd.DataFrame(rows, columns=["strategy", "seed", "v"])
+
+
+def test_paired_wilcoxon_of_identical_values_is_one():
+    df = wilcoxon_frame([0.1, 0.2, 0.3], [0.1, 0.2, 0.3])
+    assert plot_perf.paired_wilcoxon(df, "v", "x", "random") == 1.0
+
+
+def test_paired_wilcoxon_with_fewer_than_two_shared_seeds_is_none():
+    assert plot_perf.paired_wilcoxon(wilcoxon_frame([0.5], [0.4]), "v", "x", "random") is None
+    df = wilcoxon_frame([0.5, 0.6], [0.4, 0.3], seeds_a=[0, 1], seeds_b=[1, 2])  # share seed 1 only
+    assert plot_perf.paired_wilcoxon(df, "v", "x", "random") is None
+
+
+def test_paired_wilcoxon_all_positive_differences_gives_the_exact_p():
+    # n = 5, all differences positive and distinct: exact two-sided p = 2 / 2**5.
+    df = wilcoxon_frame([0.2, 0.4, 0.6, 0.8, 1.0], [0.1, 0.2, 0.3, 0.4, 0.5])
+    assert plot_perf.paired_wilcoxon(df, "v", "x", "random") == pytest.approx(0.0625)
+
+
+def test_paired_wilcoxon_pairs_by_seed_not_by_row_order():
+    df = wilcoxon_frame([0.3, 0.2, 0.1], [0.1, 0.2, 0.3], seeds_a=[2, 1, 0], seeds_b=[0, 1, 2])
+    assert plot_perf.paired_wilcoxon(df, "v", "x", "random") == 1.0
+
+
+def test_mean_std_uses_the_sample_std():
+    df = frame([("s", 0, 10, 0.5), ("s", 1, 10, 0.6), ("s", 2, 10, 0.7)])
+    row = plot_perf.mean_std(df).iloc[0]
+    assert row["mean"] == pytest.approx(0.6) and row["std"] == pytest.approx(0.1) and row["n"] == 3
+
+
+def test_fmt_handles_missing_values():
+    assert plot_perf.fmt(None) == "-"
+    assert plot_perf.fmt(float("nan")) == "-"
+    assert plot_perf.fmt(0.5, np.nan) == "0.5000"
+    assert plot_perf.fmt(0.5, 0.25, digits=2) == "0.50 ± 0.25"
