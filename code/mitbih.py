@@ -34,6 +34,7 @@ KERNEL_SIZES = [5, 3, 3, 3]
 DENSE_UNITS = [64, 64]
 DROPOUT = 0.1
 BATCH_NORM = 1         # 1: BatchNormalization after every convolution (faster convergence)
+BN_MOMENTUM = 0.9      # Keras' 0.99 leaves the moving statistics unconverged on small labeled sets
 
 
 def load_data(config, data_dir=None):
@@ -57,7 +58,7 @@ def build_model(config, input_shape, n_classes):
         for _ in range(2):
             model.add(layers.Conv1D(int(filters), int(kernel)))
             if config["batch_norm"]:
-                model.add(layers.BatchNormalization())
+                model.add(layers.BatchNormalization(momentum=config["bn_momentum"]))
             model.add(layers.Activation("relu"))
         model.add(layers.GlobalMaxPooling1D() if i == len(blocks) - 1 else layers.MaxPooling1D(2))
         model.add(layers.Dropout(config["dropout"]))
