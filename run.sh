@@ -32,6 +32,13 @@ setup_env() {
     echo "$want" > "$stamp"
 }
 
+for ds in $DATASETS; do  # before the (slow) environment check: fail fast on a typo
+    if [[ ! -f "code/$ds.py" ]] || ! grep -q "experiment.main" "code/$ds.py"; then
+        echo "error: unknown dataset '$ds' in DATASETS; choose from: mnist mitbih" >&2
+        exit 2
+    fi
+done
+
 setup_env
 case "${1:-}" in
     --setup)

@@ -11,9 +11,11 @@ Protocol (one run = one strategy under one seed):
 Labels are the budget: training, early stopping and class weights only ever see the
 selected samples; the test set is used for the reported evaluation and nothing else.
 
-After every step the run's JSON (``<results>/<dataset>/<strategy>_seed<k>.json``) and its
-selections (``<results>/<dataset>/state/<strategy>_seed<k>.json``) are written
-atomically, so an interrupted run loses at most the step in progress. Rerunning continues
+After every step the run's selections (``<results>/<dataset>/state/<strategy>_seed<k>.json``,
+with the sha256 of the result about to be written) and then its JSON
+(``<results>/<dataset>/<strategy>_seed<k>.json``) are written atomically (see ``runfiles``),
+so an interrupted run loses at most the step in progress, and a result file edited or
+truncated later is refused instead of resumed. Rerunning continues
 from the last completed step and makes the same selections as an uninterrupted run: every
 random draw is seeded from (seed, step), and the model that scores the pool is retrained
 deterministically.
@@ -26,7 +28,6 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -36,17 +37,20 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
 from data_common import REPO_ROOT, Dataset
+from runfiles import (RESULT_KEYS, STEP_KEYS, RunFileError, read_result, remove_stale_tmp,  # noqa: F401
+                      save_run, sha256_text, write_json_atomic)
 from strategies import get_strategy, predict_proba
 
-RESULT_KEYS = ("dataset", "strategy", "seed", "config", "git_commit", "versions", "complete", "steps")
-STEP_KEYS = ("step", "n_labeled", "macro_f1", "accuracy", "per_class_f1", "labeled_class_counts",
-             "train_seconds", "score_seconds", "eval_seconds")
 LOOP_KEYS = ("start_size", "batch_size", "n_steps", "epochs", "fit_batch_size",
              "val_fraction", "patience", "class_weight", "pool_subsample")
 
 
 class ConfigMismatchError(RuntimeError):
     """A result file on disk was written with other hyperparameters than the current run."""
+
+
+class ModifiedRunError(ConfigMismatchError):
+    """A result file on disk is corrupt, or does not match the checksum in its state file."""
 
 
 # --------------------------------------------------------------------------- provenance
@@ -79,24 +83,6 @@ def config_hash(config: dict) -> str:
 
 
 # --------------------------------------------------------------------------- files
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON so that readers never see a partial file, even if killed mid-write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are meant to be shared
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run_paths(results_dir: Path, dataset: str, strategy: str, seed: int) -> tuple[Path, Path]:
     """The run's result JSON and its selection-state JSON."""
     name = f"{strategy}_seed{seed}.json"
@@ -109,16 +95,19 @@ def config_differences(old: dict, new: dict) -> list[str]:
 
 
 def load_previous(result_path: Path, state_path: Path, config: dict):
-    """Completed steps and selections of an earlier run with the same config, or None."""
+    """Completed steps and selections of an earlier run with the same config, or None.
+
+    Returns ``(result, selections, sha256 of the result file)``. A result file that is not
+    valid JSON, breaks the schema or does not match the checksum in its state file was
+    modified, truncated or half-copied: resuming from it would mix foreign steps into the
+    run, so it raises ModifiedRunError instead.
+    """
     if not result_path.exists():
         return None
     try:
-        result = json.loads(result_path.read_text())
-        state = json.loads(state_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigMismatchError(
-            f"cannot resume from {result_path} ({err}); rerun with --fresh to start this run over."
-        ) from None
+        result, _status, state = read_result(result_path, state_path)
+    except RunFileError as err:
+        raise ModifiedRunError(f"cannot resume: {err}") from None
     diffs = config_differences(result.get("config", {}), config)
     if diffs:
         raise ConfigMismatchError(
@@ -127,7 +116,11 @@ def load_previous(result_path: Path, state_path: Path, config: dict):
         )
     # The state is written before the result, so it may hold one more step: trust the result.
     n_done = len(result["steps"])
-    return result, [np.asarray(s, dtype=np.int64) for s in state["selected"][:n_done]]
+    if len(state["selected"]) < n_done:
+        raise ModifiedRunError(f"cannot resume: {state_path} holds {len(state['selected'])} "
+                               f"selections for {n_done} steps in {result_path}; rerun with --fresh.")
+    digest = sha256_text(result_path.read_text())
+    return result, [np.asarray(s, dtype=np.int64) for s in state["selected"][:n_done]], digest
 
 
 # --------------------------------------------------------------------------- training
@@ -211,7 +204,9 @@ def select_next(strategy, model, data: Dataset, labeled_idx: np.ndarray, config:
         unlabeled_idx = np.sort(rng.choice(unlabeled_idx, subsample, replace=False))
     # A strategy that ignores the model only needs the pool's size: skip copying the samples.
     pool = data.x_train[unlabeled_idx] if strategy.uses_model else unlabeled_idx
-    positions = strategy.select(model, pool, config["batch_size"], rng)
+    # Only strategies that declare it (coreset) get the labeled samples; the others are unaffected.
+    extra = {"x_labeled": data.x_train[labeled_idx]} if getattr(strategy, "uses_labeled", False) else {}
+    positions = strategy.select(model, pool, config["batch_size"], rng, **extra)
     chosen = unlabeled_idx[np.asarray(positions, dtype=np.int64)]
     if len(np.unique(chosen)) != config["batch_size"]:
         raise RuntimeError(f"strategy {strategy.name} returned duplicate or too few samples")
@@ -251,7 +246,11 @@ def run_active_learning(*, dataset: str, data: Dataset, build_model: Callable, c
     n_pool, n_classes = len(data.x_train), len(data.class_names)
     check_budget(config, n_pool)
     result_path, state_path = run_paths(Path(results_dir), dataset, strategy, seed)
+    for path in (result_path, state_path):  # left by a writer killed mid-write (one writer per run)
+        remove_stale_tmp(path)
 
+    if fresh:  # an old result left next to a new state would not match its checksum
+        result_path.unlink(missing_ok=True)
     previous = None if fresh else load_previous(result_path, state_path, config)
     if previous and previous[0]["complete"]:
         return previous[0]
@@ -259,8 +258,9 @@ def run_active_learning(*, dataset: str, data: Dataset, build_model: Callable, c
               "git_commit": git_commit(), "versions": library_versions(), "complete": False,
               "steps": []}
     selected = [np.random.default_rng(seed).choice(n_pool, config["start_size"], replace=False)]
+    on_disk_sha256 = None  # checksum of the result file the next save replaces
     if previous:
-        result["steps"], selected = previous[0]["steps"], previous[1]
+        result["steps"], selected, on_disk_sha256 = previous[0]["steps"], previous[1], previous[2]
         if not previous[0]["git_commit"].startswith(git_commit()):
             result["git_commit"] = f"{previous[0]['git_commit']} (resumed at {git_commit()})"
         else:
@@ -292,9 +292,11 @@ def run_active_learning(*, dataset: str, data: Dataset, build_model: Callable, c
         record = step_record(step, labeled_idx, data, metrics, timer)
         result["steps"].append(record)
         result["complete"] = step == config["n_steps"]
-        write_json_atomic(state_path, {"config_hash": config_hash(config),
-                                       "selected": [s.tolist() for s in selected[: step + 1]]})
-        write_json_atomic(result_path, result)
+        # State (with the checksum of the result about to be written) first, then the result.
+        on_disk_sha256 = save_run(result_path, state_path, result,
+                                  {"config_hash": config_hash(config),
+                                   "selected": [s.tolist() for s in selected[: step + 1]]},
+                                  on_disk_sha256)
         if on_step:
             on_step(record)
     return result

@@ -9,6 +9,13 @@ Each UPPER_CASE constant becomes a command-line option (``EPOCHS`` -> ``--epochs
 lowercase key of the run config. ``N_SEEDS`` and ``STRATEGIES`` define the grid of runs
 (strategy x seed) and are not part of a run's config, so adding seeds or strategies later
 reuses the runs already on disk.
+
+Before any worker starts, the driver checks what it can: strategy names, sizes, that the
+dataset loads and holds enough samples for ``start_size + n_steps * batch_size`` labels,
+and that the results folder holds no runs of another config (or modified run files).
+Problems end the script with ``error: ...`` and what to do, not a traceback. The grid then
+runs on a backend of ``runner`` (``--backend local``: processes on this machine;
+``--backend ray [--address auto|HOST:PORT]``: a Ray cluster).
 """
 
 from __future__ import annotations
@@ -17,13 +24,13 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from data_common import REPO_ROOT, resolve_repo_path
+from data_common import REPO_ROOT, DataCorruptError, DataNotFoundError, resolve_repo_path
 
 GRID_KEYS = ("n_seeds", "strategies")
 QUICK = {"n_seeds": 2, "n_steps": 2, "epochs": 2}  # --quick: a smoke run in a few minutes
@@ -72,7 +79,15 @@ def build_parser(dataset: str, defaults: dict, doc: str | None) -> argparse.Argu
     run.add_argument("--fresh", action="store_true", help="start runs over instead of resuming")
     run.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed+n_seeds-1")
     run.add_argument("--jobs", type=int, default=None,
-                     help="parallel runs (default: number of CPU cores, 1 with a GPU)")
+                     help="parallel runs (default: number of CPU cores, 1 with a GPU); with "
+                          "--backend ray and no --address, the CPUs of the local Ray instance")
+    run.add_argument("--backend", choices=("local", "ray"), default="local",
+                     help="local: worker processes on this machine; ray: one Ray task per run")
+    run.add_argument("--address", default=None,
+                     help="with --backend ray: 'auto' or HOST:PORT of a running Ray cluster "
+                          "(default: start a local Ray instance with --jobs CPUs)")
+    run.add_argument("--retries", type=int, default=2,
+                     help="times a run is resubmitted after its worker process died")
     run.add_argument("--quick", action="store_true",
                      help=f"smoke run: overrides {QUICK} and writes to results/quick")
     return parser
@@ -84,9 +99,18 @@ def parse_config(dataset: str, defaults: dict, argv=None, doc=None):
     values = {k: getattr(args, k) for k in defaults}
     if args.quick:
         values.update({k: min(values[k], v) for k, v in QUICK.items() if k in values})
-    for key in ("n_seeds", "start_size", "batch_size", "epochs"):
+    for key in ("n_seeds", "start_size", "batch_size", "epochs", "fit_batch_size"):
         if key in values and values[key] <= 0:
             raise SystemExit(f"error: --{key.replace('_', '-')} must be positive, got {values[key]}")
+    for key in ("n_steps", "pool_subsample"):
+        if key in values and values[key] < 0:
+            raise SystemExit(f"error: --{key.replace('_', '-')} must be 0 or more, got {values[key]}")
+    for key, low in (("jobs", 1), ("retries", 0), ("first_seed", 0)):
+        if getattr(args, key) is not None and getattr(args, key) < low:
+            raise SystemExit(f"error: --{key.replace('_', '-')} must be at least {low}, "
+                             f"got {getattr(args, key)}")
+    if args.address and args.backend != "ray":
+        raise SystemExit("error: --address needs --backend ray")
     grid = {k: values.pop(k) for k in GRID_KEYS}
     if args.results_dir is None:
         args.results_dir = DEFAULT_RESULTS / "quick" if args.quick else DEFAULT_RESULTS
@@ -131,13 +155,23 @@ def configure_tensorflow(threads: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def execute_task(task: RunTask, load_data: Callable, build_model: Callable, progress=None) -> dict:
-    """Run one (strategy, seed); the dataset is loaded once per process."""
-    from al_loop import run_active_learning
-    key = (task.dataset, task.data_dir, json.dumps(task.config, sort_keys=True))
+def data_key(task: RunTask) -> tuple:
+    return (task.dataset, task.data_dir, json.dumps(task.config, sort_keys=True))
+
+
+def task_data(task: RunTask, load_data: Callable):
+    """The task's dataset, loaded once per process (the cache holds one dataset)."""
+    key = data_key(task)
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
         _DATA_CACHE[key] = load_data(task.config, task.data_dir)
+    return _DATA_CACHE[key]
+
+
+def execute_task(task: RunTask, load_data: Callable, build_model: Callable, progress=None) -> dict:
+    """Run one (strategy, seed); the dataset is loaded once per process."""
+    from al_loop import run_active_learning
+    data = task_data(task, load_data)
     label = f"{task.dataset} {task.strategy:>8} seed {task.seed}"
 
     def report(record):
@@ -148,59 +182,18 @@ def execute_task(task: RunTask, load_data: Callable, build_model: Callable, prog
         if progress is not None:
             progress.put(line)
 
-    return run_active_learning(dataset=task.dataset, data=_DATA_CACHE[key], build_model=build_model,
+    return run_active_learning(dataset=task.dataset, data=data, build_model=build_model,
                                config=task.config, strategy=task.strategy, seed=task.seed,
                                results_dir=task.results_dir, fresh=task.fresh, on_step=report)
 
 
-def _worker_init(threads: int) -> None:
-    configure_tensorflow(threads)
-
-
-# --------------------------------------------------------------------------- the grid
 def run_grid(tasks: list[RunTask], load_data: Callable, build_model: Callable, jobs: int) -> list[dict]:
-    """Run all tasks, ``jobs`` at a time, with a progress bar over steps."""
-    import multiprocessing as mp
-    import queue
-    import threading
-
-    from tqdm import tqdm
-
-    total_steps = sum(t.config["n_steps"] + 1 for t in tasks)
-    bar = tqdm(total=total_steps, desc=f"{tasks[0].dataset} steps", unit="step", dynamic_ncols=True)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    ctx = mp.get_context("spawn")
-    manager = ctx.Manager() if jobs > 1 else None
-    lines = manager.Queue() if manager else queue.Queue()
-    stop = threading.Event()
-
-    def drain():
-        while not stop.is_set() or not lines.empty():
-            try:
-                line = lines.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            bar.write(line)
-            bar.update(1)
-
-    printer = threading.Thread(target=drain, daemon=True)
-    printer.start()
-    try:
-        if jobs == 1:
-            configure_tensorflow(threads)
-            results = [execute_task(t, load_data, build_model, lines) for t in tasks]
-        else:
-            with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
-                                     initargs=(threads,)) as pool:
-                futures = [pool.submit(execute_task, t, load_data, build_model, lines) for t in tasks]
-                results = [f.result() for f in futures]
-    finally:
-        stop.set()
-        printer.join()
-        bar.close()
-        if manager:
-            manager.shutdown()
-    return results
+    """Run all tasks on local processes, ``jobs`` at a time (see ``runner`` for other backends)."""
+    import runner
+    outcome = runner.run_grid(tasks, load_data, build_model, backend="local", jobs=jobs)
+    if outcome.failures:
+        raise runner.GridError("\n".join(outcome.failures.values()))
+    return outcome.results
 
 
 def default_jobs(n_tasks: int) -> int:
@@ -217,15 +210,81 @@ def log_grid(results_dir: Path, dataset: str, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def load_and_check_data(tasks: list[RunTask], load_data: Callable) -> None:
+    """Load the dataset in the driver and check the label budget, before any worker starts.
+
+    A missing, corrupt or mismatched dataset and a budget larger than the pool end the
+    script with ``error: ...``. The data stays cached for runs in this process.
+    """
+    from al_loop import check_budget
+    task = tasks[0]
+    try:
+        data = load_data(task.config, task.data_dir)
+    except (DataNotFoundError, DataCorruptError) as err:
+        raise SystemExit(f"error: {err}") from None
+    except ValueError as err:  # e.g. an unknown split: a bad option value
+        raise SystemExit(f"error: cannot load {task.dataset}: {err}") from None
+    try:
+        check_budget(task.config, len(data.x_train))
+    except ValueError as err:
+        raise SystemExit(f"error: {task.dataset}: {err}") from None
+    _DATA_CACHE.clear()
+    _DATA_CACHE[data_key(task)] = data
+
+
+def check_results_folder(tasks: list[RunTask], fresh: bool) -> int:
+    """Refuse to start on a results folder holding runs of another config or modified files.
+
+    Looks at every ``<strategy>_seed<k>.json`` in ``<results>/<dataset>/``: one written with
+    other hyperparameters would be mixed into the same plots (or stop its worker), and one
+    that fails its checksum cannot be resumed. ``--fresh`` overwrites the grid's own runs,
+    never the others. Returns the number of steps already done by the grid's runs.
+    """
+    from al_loop import config_differences
+    from runfiles import RunFileError, read_result
+
+    folder = Path(tasks[0].results_dir) / tasks[0].dataset
+    config = tasks[0].config
+    in_grid = {f"{t.strategy}_seed{t.seed}.json" for t in tasks}
+    other_config, modified, steps_done = [], [], 0
+    for path in sorted(folder.glob("*_seed*.json")) if folder.is_dir() else []:
+        overwritten = fresh and path.name in in_grid
+        try:
+            result, _, _ = read_result(path)
+        except RunFileError as err:
+            if path.name in in_grid and not overwritten:
+                modified.append(f"  {err}")
+            elif not overwritten:
+                print(f"warning: {err} (not part of this grid: left alone)", file=sys.stderr)
+            continue
+        diffs = config_differences(result["config"], config)
+        if diffs and not overwritten:
+            other_config.append(f"  {path}: {'; '.join(diffs)}")
+        elif not diffs and path.name in in_grid and not fresh:
+            steps_done += len(result["steps"])
+    if other_config or modified:
+        text = [f"error: {folder} already holds runs that this grid cannot use:"]
+        if other_config:
+            text += ["runs of another config (key: on disk vs now):", *other_config]
+        if modified:
+            text += ["run files that cannot be resumed:", *modified]
+        text.append("Choose another --results-dir for this config, or move those files away"
+                    + ("; --fresh overwrites the runs of this grid (same strategies and seeds)"
+                       if not fresh else "") + ".")
+        raise SystemExit("\n".join(text))
+    return steps_done
+
+
 def main(dataset: str | Callable[[dict], str], namespace: dict, load_data: Callable,
          build_model: Callable, argv=None) -> list[dict]:
-    """Entry point of a dataset script: parse options, run every strategy x seed, summarize.
+    """Entry point of a dataset script: parse options, check, run every strategy x seed, summarize.
 
     ``dataset`` names the results folder; it may be a function of the config (e.g. MIT-BIH
     writes ``mitbih_inter`` for the inter-patient split). ``load_data(config, data_dir)``
     returns a ``data_common.Dataset``; ``build_model(config, input_shape, n_classes)`` a
-    compiled Keras model.
+    compiled Keras model. Everything that can be checked is checked before workers start.
     """
+    import runner
     from al_loop import git_commit
     from strategies import STRATEGIES
 
@@ -236,23 +295,46 @@ def main(dataset: str | Callable[[dict], str], namespace: dict, load_data: Calla
     unknown = [s for s in grid["strategies"] if s not in STRATEGIES]
     if unknown:
         raise SystemExit(f"error: unknown strategies {unknown}; choose from {sorted(STRATEGIES)}")
+    if not grid["strategies"]:
+        raise SystemExit(f"error: --strategies is empty; choose from {sorted(STRATEGIES)}")
     seeds = range(args.first_seed, args.first_seed + grid["n_seeds"])
-    tasks = [RunTask(dataset, s, seed, config, str(args.results_dir), args.fresh, args.data_dir)
+    # Absolute (from the working directory, as before): workers may run elsewhere.
+    data_dir = os.path.abspath(os.path.expanduser(args.data_dir)) if args.data_dir else None
+    tasks = [RunTask(dataset, s, seed, config, str(args.results_dir), args.fresh, data_dir)
              for seed in seeds for s in grid["strategies"]]
-    jobs = args.jobs or default_jobs(len(tasks))
+    steps_done = check_results_folder(tasks, args.fresh)
+    load_and_check_data(tasks, load_data)
+    if args.backend == "local":
+        jobs = args.jobs or default_jobs(len(tasks))
+        where = f"{min(jobs, len(tasks))} in parallel"
+    else:
+        jobs = args.jobs or (os.cpu_count() or 1)
+        where = f"Ray cluster {args.address}" if args.address else f"local Ray instance with {jobs} CPUs"
+    if not (args.backend == "local" and min(jobs, len(tasks)) == 1):
+        _DATA_CACHE.clear()  # the workers load their own copy
     print(f"{dataset}: {len(tasks)} runs ({', '.join(grid['strategies'])} x {grid['n_seeds']} seeds), "
-          f"{jobs} in parallel, results in {args.results_dir / dataset}")
+          f"{where}, results in {args.results_dir / dataset}")
     started = time.time()
-    results = run_grid(tasks, load_data, build_model, jobs)
+    try:
+        outcome = runner.run_grid(tasks, load_data, build_model, backend=args.backend, jobs=jobs,
+                                  address=args.address, max_retries=args.retries,
+                                  steps_done=steps_done)
+    finally:
+        _DATA_CACHE.clear()
     wall = time.time() - started
+    for line in runner.summary_lines(tasks, outcome, wall):
+        print(line)
+    if outcome.failures:
+        for i, error in sorted(outcome.failures.items()):
+            print(f"--- {runner.task_label(tasks[i])} failed:\n{error}", file=sys.stderr)
+        raise SystemExit(f"error: {len(outcome.failures)} of {len(tasks)} runs failed (details above). "
+                         "Fix the cause and rerun the same command: finished runs are kept, the "
+                         "others resume from their last completed step.")
     log_grid(args.results_dir, dataset, {
         "started_at": round(started, 3), "wall_seconds": round(wall, 2), "jobs": jobs,
+        "backend": args.backend if not args.address else f"ray {args.address}",
         "cpu_cores": os.cpu_count(), "machine": platform.processor() or platform.machine(),
         "n_runs": len(tasks), "strategies": grid["strategies"], "seeds": list(seeds),
         "fresh": args.fresh, "git_commit": git_commit(), "config": config})
-    for r in results:
-        last = r["steps"][-1]
-        print(f"  {r['strategy']:>16} seed {r['seed']}: macro-F1 {last['macro_f1']:.4f} "
-              f"at {last['n_labeled']} labels")
     print(f"{dataset}: done in {wall / 60:.1f} min")
-    return results
+    return outcome.results

@@ -6,7 +6,9 @@ For each ``results/<dataset>/`` holding ``<strategy>_seed<k>.json`` files it wri
 ``results/<dataset>_perf.png`` (mean macro-F1 vs labels, +-1 std band),
 ``results/<dataset>_classes.png`` (per-class F1 and the class mix each strategy selected)
 and ``results/<dataset>_summary.md`` (the tables below). Partial runs are used up to the
-steps they completed and listed as incomplete; invalid files are reported and skipped.
+steps they completed and listed as incomplete; invalid files (not JSON, wrong schema, or
+content that does not match the sha256 the run recorded in ``state/``, i.e. edited or
+truncated) are reported by name and skipped, never averaged in.
 
 Statistics: mean +- std over seeds at each budget; labels to target (fewest labels at
 which a strategy's *mean* reaches random's final mean, or a published target); the
@@ -26,9 +28,8 @@ import numpy as np
 import pandas as pd
 
 from data_common import REPO_ROOT, resolve_repo_path
+from runfiles import RunFileError, read_result
 
-REQUIRED_KEYS = ("dataset", "strategy", "seed", "config", "complete", "steps")
-STEP_KEYS = ("step", "n_labeled", "macro_f1", "per_class_f1", "labeled_class_counts")
 PUBLISHED_TARGETS = {"mitbih": 0.74, "mnist": 0.96}  # the published text's reference F1 levels
 BASELINE = "random"
 
@@ -38,27 +39,34 @@ class InvalidRunFile(ValueError):
 
 
 # --------------------------------------------------------------------------- reading
-def read_run(path: Path) -> dict:
-    """Load and validate one run file; raise InvalidRunFile naming the problem."""
+def read_run(path: Path, warnings: list[str] | None = None) -> dict:
+    """Load and validate one run file; raise InvalidRunFile naming the file and the problem.
+
+    Checks the JSON, the schema (exactly the documented top-level keys; types and ranges of
+    every step field), that the file name matches its strategy and seed, and the sha256
+    recorded in ``state/<same name>`` (see ``runfiles``): a result edited or truncated after
+    the run wrote it, or one without its state file, is refused. Runs whose state file
+    predates checksums are read, with a note appended to ``warnings``.
+    """
     try:
-        run = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InvalidRunFile(f"{path}: not valid JSON ({err})") from None
-    missing = [k for k in REQUIRED_KEYS if k not in run] if isinstance(run, dict) else REQUIRED_KEYS
-    if missing:
-        raise InvalidRunFile(f"{path}: missing keys {list(missing)}")
-    for i, step in enumerate(run["steps"]):
-        lost = [k for k in STEP_KEYS if k not in step]
-        if lost or step["step"] != i:
-            raise InvalidRunFile(f"{path}: step {i} is malformed (missing {lost} or out of order)")
+        run, status, _ = read_result(path)
+    except RunFileError as err:
+        raise InvalidRunFile(str(err)) from None
+    expected = f"{run['strategy']}_seed{run['seed']}.json"
+    if Path(path).name != expected:
+        raise InvalidRunFile(f"{path}: holds {run['strategy']} seed {run['seed']}, which belongs in "
+                             f"{expected}; the file was renamed or copied over another run.")
+    if status == "unverified" and warnings is not None:
+        warnings.append(f"{path}: no checksum in its state file (written before checksums); "
+                        "its content is not verified")
     return run
 
 
-def load_runs(folder: Path) -> tuple[list[dict], list[str]]:
+def load_runs(folder: Path, warnings: list[str] | None = None) -> tuple[list[dict], list[str]]:
     runs, problems = [], []
     for path in sorted(folder.glob("*_seed*.json")):
         try:
-            runs.append(read_run(path))
+            runs.append(read_run(path, warnings))
         except InvalidRunFile as err:
             problems.append(str(err))
     return runs, problems
@@ -224,9 +232,12 @@ def plot_classes(dataset: str, runs: list[dict], strategies: list[str], path: Pa
 # --------------------------------------------------------------------------- driver
 def summarize_dataset(folder: Path, out_dir: Path) -> str | None:
     dataset = folder.name
-    runs, problems = load_runs(folder)
+    notes: list[str] = []
+    runs, problems = load_runs(folder, notes)
     for p in problems:
         print(f"warning: skipped invalid run file: {p}", file=sys.stderr)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     runs = [r for r in runs if r["steps"]]
     if not runs:
         return None

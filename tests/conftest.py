@@ -48,11 +48,15 @@ def make_synthetic_dataset(n_train: int = 300, n_test: int = 100, seed: int = 0)
 
 
 def tiny_build_model(config, input_shape, n_classes):
-    """Dense(8) -> softmax; compiles in well under a second."""
+    """Dense(8) -> Dropout -> softmax; compiles in well under a second.
+
+    The dropout lets the MC-dropout strategies (bald, entropy_mc) run in loop tests.
+    """
     import keras
     model = keras.Sequential([
         keras.Input(shape=input_shape),
         keras.layers.Dense(8, activation="relu"),
+        keras.layers.Dropout(0.1),
         keras.layers.Dense(n_classes, activation="softmax"),
     ])
     model.compile(optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")

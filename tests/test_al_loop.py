@@ -217,13 +217,22 @@ def test_run_interrupted_in_another_process_resumes_to_the_same_result(
 
 
 def test_resume_trusts_the_result_when_the_state_holds_one_step_more(
-        finished, tmp_path, synthetic_dataset, build_model):
+        finished, tmp_path, synthetic_dataset, build_model, monkeypatch):
     # Killed between writing the state and the result: the extra selection is redone.
-    shutil.copytree(finished["main"] / "toy", tmp_path / "toy")
-    result_path, state_path = al_loop.run_paths(tmp_path, "toy", "entropy", 0)
-    result = json.loads(result_path.read_text())
-    result["steps"], result["complete"] = result["steps"][:3], False
-    result_path.write_text(json.dumps(result))
+    import runfiles
+    real_write = runfiles.write_text_atomic
+
+    def killed_before_the_last_result(path, text):
+        if Path(path).parent.name != "state" and json.loads(text)["complete"]:
+            raise StopAfter
+        real_write(path, text)
+
+    monkeypatch.setattr(runfiles, "write_text_atomic", killed_before_the_last_result)
+    with pytest.raises(StopAfter):
+        run(synthetic_dataset, build_model, tmp_path)
+    monkeypatch.undo()
+    result, state = read_files(tmp_path)
+    assert len(result["steps"]) == 3 and len(state["selected"]) == 4
 
     run(synthetic_dataset, build_model, tmp_path)
     result_a, state_a = read_files(finished["main"])
@@ -367,6 +376,39 @@ def test_select_next_excludes_labeled_samples(synthetic_dataset):
     chosen = al_loop.select_next(get_strategy("random"), None, synthetic_dataset, labeled,
                                  {**BASE, "batch_size": 10}, np.random.default_rng(0))
     assert sorted(chosen.tolist()) == list(range(290, 300))
+
+
+
+class RecordingStrategy:
+    """A strategy with the pre-``x_labeled`` signature, unless ``uses_labeled`` is set."""
+
+    name, uses_model = "recording", True
+
+    def __init__(self, uses_labeled):
+        self.uses_labeled, self.calls = uses_labeled, []
+        if uses_labeled:
+            self.select = self.select_with_labeled
+
+    def select(self, model, x_unlabeled, batch_size, rng):
+        self.calls.append({"x_unlabeled": x_unlabeled})
+        return np.arange(batch_size)
+
+    def select_with_labeled(self, model, x_unlabeled, batch_size, rng, x_labeled=None):
+        self.calls.append({"x_unlabeled": x_unlabeled, "x_labeled": x_labeled})
+        return np.arange(batch_size)
+
+
+@pytest.mark.parametrize("uses_labeled", [False, True])
+def test_select_next_passes_labeled_samples_only_to_strategies_that_declare_it(synthetic_dataset,
+                                                                               uses_labeled):
+    strategy = RecordingStrategy(uses_labeled)
+    labeled = np.array([5, 3, 17, 250])
+    al_loop.select_next(strategy, object(), synthetic_dataset, labeled, BASE, np.random.default_rng(0))
+    (call,) = strategy.calls
+    assert ("x_labeled" in call) == uses_labeled
+    if uses_labeled:
+        assert np.array_equal(call["x_labeled"], synthetic_dataset.x_train[labeled])
+    assert len(call["x_unlabeled"]) == len(synthetic_dataset.x_train) - len(labeled)
 
 
 # --------------------------------------------------------------------------- check_budget

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import plot_perf
+import runfiles
 
 CONFIG = {"start_size": 20, "batch_size": 10, "n_steps": 2, "epochs": 2, "fit_batch_size": 32,
           "val_fraction": 0.0, "patience": 0, "class_weight": "none", "pool_subsample": 0}
@@ -34,9 +35,11 @@ def run_dict(strategy, seed, f1s, complete=True, n_steps=2):
 
 
 def write_run(folder: Path, run: dict) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{run['strategy']}_seed{run['seed']}.json"
-    path.write_text(json.dumps(run, indent=1))
+    """Write a run the way the loop does: the state (with the result's sha256), then the result."""
+    name = f"{run['strategy']}_seed{run['seed']}.json"
+    path = folder / name
+    runfiles.save_run(path, folder / "state" / name, run,
+                      {"config_hash": "x", "selected": [[0]] * len(run["steps"])}, None)
     return path
 
 
@@ -158,7 +161,7 @@ def test_results_dir_with_only_invalid_files_returns_1(tmp_path, capsys):
 
 def test_state_folder_and_grid_log_are_not_read_as_runs(results):
     state = results / "toy" / "state"
-    state.mkdir()
+    state.mkdir(exist_ok=True)
     (state / "random_seed0.json").write_text(json.dumps({"selected": [[1, 2]]}))
     (state / "grid_log.jsonl").write_text("{}\n")
     code, summary = summarize(results)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -9,7 +10,9 @@ import pytest
 from scipy.stats import entropy as scipy_entropy
 
 import strategies
-from strategies import STRATEGIES, entropy, get_strategy, predict_proba, top_k_positions
+from strategies import (STRATEGIES, bald_scores, embed_and_predict, entropy, get_strategy,
+                        gradient_embeddings, k_center_greedy, mc_entropy_scores, mc_predict_proba,
+                        predict_proba, squared_distances_to_nearest, top_k_positions)
 
 
 class FakeModel:
@@ -36,6 +39,39 @@ def dirichlet_probs(n: int, k: int = 4, seed: int = 0) -> np.ndarray:
 @pytest.fixture
 def fake_model():
     return FakeModel(dirichlet_probs(50))
+
+
+N_FEATURES = 3
+
+
+def real_pool(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, N_FEATURES)).astype(np.float32)
+
+
+def tiny_sequential(*hidden, n_inputs: int = N_FEATURES, n_classes: int = 4, seed: int = 0):
+    """``keras.Sequential``: Input -> ``hidden`` layers -> Dense softmax, seeded weights."""
+    import keras
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input(shape=(n_inputs,)), *hidden,
+                             keras.layers.Dense(n_classes, activation="softmax")])
+
+
+@pytest.fixture(scope="module")
+def real_model():
+    """A tiny real model every strategy can use: BatchNorm, Dropout, a Dense penultimate layer."""
+    import keras
+    return tiny_sequential(keras.layers.Dense(16, activation="relu"), keras.layers.BatchNormalization(),
+                           keras.layers.Dropout(0.5), keras.layers.Dense(8, activation="relu"))
+
+
+LABELED = real_pool(10, seed=99) + 2.0  # labeled samples, away from the pool's centre
+
+
+class Untouchable:
+    """A model that fails on any use: strategies declaring ``uses_model = False`` never touch it."""
+
+    def __getattr__(self, attr):
+        raise RuntimeError(f"the model was used (.{attr})")
 
 
 # --------------------------------------------------------------------------- entropy
@@ -130,14 +166,19 @@ def test_top_k_positions_with_k_zero_is_empty():
 
 
 # --------------------------------------------------------------------------- shared template
+# Every registered strategy runs on the same tiny real Keras model (the fake model above only
+# serves hand-computed probability examples): new strategies are covered by registering them.
 ALL_STRATEGIES = sorted(STRATEGIES)
+
+
+def select(name, model, x, batch_size, seed=0, **kwargs):
+    return np.asarray(get_strategy(name).select(model, x, batch_size, np.random.default_rng(seed), **kwargs))
 
 
 @pytest.mark.parametrize("name", ALL_STRATEGIES)
 @pytest.mark.parametrize("batch_size", [1, 7, 50])
-def test_strategy_returns_batch_size_unique_positions_in_range(name, fake_model, batch_size):
-    positions = np.asarray(get_strategy(name).select(fake_model, pool(50), batch_size,
-                                                     np.random.default_rng(0)))
+def test_strategy_returns_batch_size_unique_positions_in_range(name, real_model, batch_size):
+    positions = select(name, real_model, real_pool(50), batch_size, x_labeled=LABELED)
     assert positions.shape == (batch_size,)
     assert np.issubdtype(positions.dtype, np.integer)
     assert len(np.unique(positions)) == batch_size
@@ -145,29 +186,35 @@ def test_strategy_returns_batch_size_unique_positions_in_range(name, fake_model,
 
 
 @pytest.mark.parametrize("name", ALL_STRATEGIES)
-def test_strategy_is_deterministic_under_the_same_rng_seed(name, fake_model):
-    first = get_strategy(name).select(fake_model, pool(50), 10, np.random.default_rng(123))
-    again = get_strategy(name).select(fake_model, pool(50), 10, np.random.default_rng(123))
+def test_strategy_works_without_labeled_samples(name, real_model):
+    positions = select(name, real_model, real_pool(30), 5)
+    assert len(np.unique(positions)) == 5 and positions.max() < 30
+
+
+@pytest.mark.parametrize("name", ALL_STRATEGIES)
+def test_strategy_is_deterministic_under_the_same_rng_seed(name, real_model):
+    first = select(name, real_model, real_pool(50), 10, seed=123, x_labeled=LABELED)
+    again = select(name, real_model, real_pool(50), 10, seed=123, x_labeled=LABELED)
     assert np.array_equal(first, again)
 
 
 @pytest.mark.parametrize("name", ALL_STRATEGIES)
-def test_strategy_rejects_batch_larger_than_pool(name, fake_model):
+def test_strategy_rejects_batch_larger_than_pool(name, real_model):
     with pytest.raises(ValueError, match="cannot select 11 samples from an unlabeled pool of 10"):
-        get_strategy(name).select(fake_model, pool(10), 11, np.random.default_rng(0))
+        select(name, real_model, real_pool(10), 11, x_labeled=LABELED)
 
 
 @pytest.mark.parametrize("name", ALL_STRATEGIES)
-def test_strategy_rejects_empty_pool(name, fake_model):
+def test_strategy_rejects_empty_pool(name, real_model):
     with pytest.raises(ValueError, match="pool of 0"):
-        get_strategy(name).select(fake_model, pool(0), 1, np.random.default_rng(0))
+        select(name, real_model, real_pool(0), 1, x_labeled=LABELED)
 
 
 @pytest.mark.parametrize("name", ALL_STRATEGIES)
 @pytest.mark.parametrize("batch_size", [0, -3])
-def test_strategy_rejects_non_positive_batch_size(name, fake_model, batch_size):
+def test_strategy_rejects_non_positive_batch_size(name, real_model, batch_size):
     with pytest.raises(ValueError, match="batch_size must be positive"):
-        get_strategy(name).select(fake_model, pool(10), batch_size, np.random.default_rng(0))
+        select(name, real_model, real_pool(10), batch_size)
 
 
 @pytest.mark.parametrize("name", ALL_STRATEGIES)
@@ -178,10 +225,19 @@ def test_strategy_name_round_trips_through_the_registry(name):
 
 
 @pytest.mark.parametrize("name", ALL_STRATEGIES)
-def test_strategy_declares_whether_it_uses_the_model(name, fake_model):
-    strategy = get_strategy(name)
-    strategy.select(fake_model, pool(50), 5, np.random.default_rng(0))
-    assert (fake_model.calls > 0) == strategy.uses_model
+def test_strategy_declares_whether_it_uses_the_model(name):
+    if get_strategy(name).uses_model:
+        with pytest.raises(Exception):
+            select(name, Untouchable(), real_pool(20), 5)
+    else:
+        assert len(select(name, Untouchable(), real_pool(20), 5)) == 5
+
+
+@pytest.mark.parametrize("name", ALL_STRATEGIES)
+def test_strategy_declares_whether_it_uses_the_labeled_samples(name, real_model):
+    without = select(name, real_model, real_pool(50), 10)
+    with_labeled = select(name, real_model, real_pool(50), 10, x_labeled=LABELED)
+    assert (not np.array_equal(without, with_labeled)) == get_strategy(name).uses_labeled
 
 
 # --------------------------------------------------------------------------- specific strategies
@@ -229,3 +285,265 @@ def test_predict_proba_of_empty_pool_has_the_model_output_width(fake_model):
 
 def test_predict_proba_returns_float64(fake_model):
     assert predict_proba(fake_model, pool(5)).dtype == np.float64
+
+
+# --------------------------------------------------------------------------- bald / entropy_mc scores
+def H(*p):
+    """Entropy (nats) written out by hand."""
+    return -sum(q * math.log(q) for q in p if q > 0)
+
+
+# T = 2 passes, 3 samples, 2 classes
+MC_HAND = np.array([
+    [[1.0, 0.0], [0.5, 0.5], [0.8, 0.2]],
+    [[0.0, 1.0], [0.5, 0.5], [0.4, 0.6]],
+])
+
+
+def test_bald_scores_match_a_hand_computation():
+    expected = [
+        math.log(2) - 0.0,                                   # confident passes that disagree
+        math.log(2) - math.log(2),                           # agree on "don't know": 0
+        H(0.6, 0.4) - (H(0.8, 0.2) + H(0.4, 0.6)) / 2,
+    ]
+    np.testing.assert_allclose(bald_scores(MC_HAND), expected, rtol=1e-12, atol=1e-15)
+
+
+def test_mc_entropy_scores_match_a_hand_computation():
+    np.testing.assert_allclose(mc_entropy_scores(MC_HAND), [math.log(2), math.log(2), H(0.6, 0.4)],
+                               rtol=1e-12)
+
+
+def test_bald_ranks_disagreement_above_shared_uncertainty():
+    assert list(strategies.BALDSampling().score_mc(MC_HAND).argsort()[::-1]) == [0, 2, 1]
+
+
+def test_bald_of_identical_passes_is_zero():
+    probs = dirichlet_probs(30, k=5, seed=3)
+    np.testing.assert_allclose(bald_scores(np.stack([probs] * 4)), 0.0, atol=1e-12)
+
+
+def test_bald_is_between_zero_and_the_mc_entropy():
+    mc = np.stack([dirichlet_probs(100, k=4, seed=s) for s in range(6)])
+    bald = bald_scores(mc)
+    assert np.all(bald >= -1e-12) and np.all(bald <= mc_entropy_scores(mc) + 1e-12)
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (0, 5, 3), (2, 5, 3, 1)])
+def test_mc_scores_reject_arrays_that_are_not_passes_by_samples_by_classes(shape):
+    with pytest.raises(ValueError, match="3-D"):
+        bald_scores(np.full(shape, 1 / 3))
+
+
+def test_mc_passes_is_a_class_default_and_a_constructor_argument():
+    assert strategies.BALDSampling().mc_passes == strategies.MC_PASSES == 10
+    assert strategies.MCEntropySampling(mc_passes=3).mc_passes == 3
+    assert strategies.BALDSampling.mc_passes == 10  # the instance override does not leak
+
+
+# --------------------------------------------------------------------------- MC-dropout passes
+def test_mc_predict_proba_has_passes_by_samples_by_classes_and_valid_rows(real_model):
+    mc = mc_predict_proba(real_model, real_pool(11), 4, np.random.default_rng(0), batch_size=8)
+    assert mc.shape == (4, 11, 4) and mc.dtype == np.float64
+    np.testing.assert_allclose(mc.sum(axis=2), 1.0, atol=1e-5)
+
+
+def test_mc_passes_differ_and_are_reproducible_from_the_rng(real_model):
+    x = real_pool(20)
+    a = mc_predict_proba(real_model, x, 5, np.random.default_rng(7))
+    b = mc_predict_proba(real_model, x, 5, np.random.default_rng(7))
+    c = mc_predict_proba(real_model, x, 5, np.random.default_rng(8))
+    assert np.array_equal(a, b)
+    assert not np.allclose(a[0], a[1])  # different masks per pass
+    assert not np.allclose(a, c)        # masks come from the rng
+
+
+def test_mc_passes_sample_dropout_but_keep_batch_norm_in_inference_mode():
+    """BN(1 unit) -> Dropout(0.5) -> Dense: each pass is the inference-mode BN output kept
+    (scaled by 2) or dropped. Training-mode BN would normalize with the batch statistics."""
+    import keras
+    model = tiny_sequential(keras.layers.BatchNormalization(), keras.layers.Dropout(0.5),
+                            n_inputs=1, n_classes=2)
+    bn, dense = model.layers[0], model.layers[-1]
+    bn.moving_mean.assign([10.0])
+    bn.moving_variance.assign([4.0 - bn.epsilon])
+    dense.kernel.assign([[1.0, -1.0]])
+    dense.bias.assign([0.0, 0.0])
+    x = np.array([[8.0], [11.0], [14.0], [9.0]], dtype=np.float32)
+    mc = mc_predict_proba(model, x, 20, np.random.default_rng(0))
+
+    def softmax_of(z):
+        logits = np.stack([z, -z], axis=-1)
+        return np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
+
+    kept = softmax_of(2 * (x[:, 0] - 10.0) / 2.0)
+    dropped = softmax_of(np.zeros(len(x)))
+    is_kept = np.isclose(mc, kept[None], atol=1e-5).all(axis=2)
+    is_dropped = np.isclose(mc, dropped[None], atol=1e-5).all(axis=2)
+    assert np.all(is_kept | is_dropped)
+    assert is_kept.any() and is_dropped.any()
+
+
+@pytest.mark.parametrize("name", ["bald", "entropy_mc"])
+@pytest.mark.parametrize("rate", [None, 0.0])
+def test_mc_strategies_reject_a_model_without_dropout(name, rate):
+    import keras
+    hidden = [keras.layers.Dense(8, activation="relu")]
+    if rate is not None:
+        hidden.append(keras.layers.Dropout(rate))
+    with pytest.raises(ValueError, match="needs a model with a Dropout layer"):
+        select(name, tiny_sequential(*hidden), real_pool(20), 5)
+
+
+@pytest.mark.parametrize("name", ["bald", "entropy_mc", "coreset", "badge"])
+def test_model_internal_strategies_reject_a_non_sequential_model(name):
+    import keras
+    inputs = keras.Input(shape=(N_FEATURES,))
+    hidden = keras.layers.Dropout(0.5)(keras.layers.Dense(8, activation="relu")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(hidden))
+    with pytest.raises(TypeError, match="keras.Sequential"):
+        select(name, model, real_pool(20), 5, x_labeled=LABELED)
+
+
+def test_bald_selects_the_top_bald_scores_of_its_passes(real_model):
+    x = real_pool(40)
+    positions = select("bald", real_model, x, 6)
+    mc = mc_predict_proba(real_model, x, strategies.MC_PASSES, np.random.default_rng(0))
+    assert list(positions) == list(top_k_positions(bald_scores(mc), 6))
+
+
+def test_entropy_mc_selects_the_top_mc_entropies(real_model):
+    x = real_pool(40)
+    positions = get_strategy("entropy_mc").select(real_model, x, 6, np.random.default_rng(4))
+    mc = mc_predict_proba(real_model, x, strategies.MC_PASSES, np.random.default_rng(4))
+    assert list(positions) == list(top_k_positions(mc_entropy_scores(mc), 6))
+
+
+# --------------------------------------------------------------------------- embeddings
+def test_embeddings_are_the_input_of_the_last_dense_layer_and_probs_match_predict(real_model):
+    import keras
+    x = real_pool(30)
+    h, probs = embed_and_predict(real_model, x, batch_size=7)
+    penultimate = keras.Model(real_model.inputs, real_model.layers[-2].output)
+    np.testing.assert_allclose(h, penultimate.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probs, predict_proba(real_model, x), rtol=1e-5, atol=1e-6)
+    assert h.shape == (30, 8) and h.dtype == np.float32
+
+
+def test_embeddings_reject_a_last_layer_that_is_not_dense():
+    import keras
+    model = keras.Sequential([keras.Input(shape=(N_FEATURES,)), keras.layers.Dense(4),
+                              keras.layers.Activation("softmax")])
+    with pytest.raises(ValueError, match="last layer is Dense"):
+        embed_and_predict(model, real_pool(5))
+
+
+# --------------------------------------------------------------------------- coreset
+def test_k_center_greedy_picks_the_farthest_points_in_order_on_a_line():
+    pool_1d = np.array([[1.0], [2.0], [10.0], [5.0], [7.0], [9.5]])
+    # from {0}: 10 (pos 2); then 5 (pos 3); then 2 and 7 tie at distance 2 -> lower position 1;
+    # then 7 (distance 2 vs 1 for the point 1 and 0.5 for 9.5)
+    order = k_center_greedy(pool_1d, np.array([[0.0]]), 4, np.random.default_rng(0))
+    assert list(order) == [2, 3, 1, 4]
+
+
+def test_k_center_greedy_never_repeats_a_point_even_among_duplicates():
+    order = k_center_greedy(np.ones((5, 2)), np.ones((1, 2)), 5, np.random.default_rng(0))
+    assert sorted(order) == [0, 1, 2, 3, 4]
+
+
+def test_k_center_greedy_without_labeled_points_starts_from_the_rng():
+    pool_1d = np.arange(20.0)[:, None]
+    a = k_center_greedy(pool_1d, None, 3, np.random.default_rng(5))
+    b = k_center_greedy(pool_1d, None, 3, np.random.default_rng(5))
+    assert np.array_equal(a, b)
+    assert a[1] == (0 if a[0] >= 10 else 19)  # after the random first center, the farther end
+
+
+def test_chunked_nearest_distances_match_brute_force():
+    rng = np.random.default_rng(0)
+    x, centers = rng.normal(size=(23, 4)), rng.normal(size=(9, 4))
+    brute = ((x[:, None, :] - centers[None]) ** 2).sum(-1).min(axis=1)
+    np.testing.assert_allclose(squared_distances_to_nearest(x, centers, chunk_elements=10), brute,
+                               rtol=1e-10, atol=1e-12)
+    assert np.all(np.isinf(squared_distances_to_nearest(x, centers[:0])))
+
+
+def test_coreset_is_k_center_greedy_on_penultimate_embeddings(real_model):
+    x = real_pool(40)
+    positions = select("coreset", real_model, x, 6, x_labeled=LABELED)
+    pool_emb, _ = embed_and_predict(real_model, x)
+    labeled_emb, _ = embed_and_predict(real_model, LABELED)
+    assert list(positions) == list(k_center_greedy(pool_emb, labeled_emb, 6, np.random.default_rng(0)))
+
+
+# --------------------------------------------------------------------------- badge
+def test_gradient_embeddings_match_a_hand_computation():
+    probs = np.array([[0.7, 0.2, 0.1], [0.3, 0.6, 0.1]])
+    h = np.array([[1.0, 2.0], [-1.0, 0.5]])
+    expected = [[-0.3, -0.6, 0.2, 0.4, 0.1, 0.2],     # y_hat = 0: (p - e0) = (-0.3, 0.2, 0.1)
+                [-0.3, 0.15, 0.4, -0.2, -0.1, 0.05]]  # y_hat = 1: (p - e1) = (0.3, -0.4, 0.1)
+    np.testing.assert_allclose(gradient_embeddings(probs, h), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_gradient_embeddings_are_the_cross_entropy_gradient_of_the_last_kernel(real_model):
+    import tensorflow as tf
+    x = real_pool(5)
+    h, probs = embed_and_predict(real_model, x)
+    last = real_model.layers[-1]
+    y_hat = probs.argmax(axis=1)
+    for i in range(len(x)):
+        with tf.GradientTape() as tape:
+            p = last(h[i:i + 1])
+            loss = -tf.math.log(p[0, y_hat[i]])
+        grad = tape.gradient(loss, last.kernel).numpy()  # (d, K)
+        np.testing.assert_allclose(gradient_embeddings(probs[i:i + 1], h[i:i + 1])[0],
+                                   grad.T.ravel(), rtol=1e-4, atol=1e-6)
+
+
+def sklearn_kmeans_pp(embeddings, k, seed):
+    from sklearn.cluster import kmeans_plusplus
+    return kmeans_plusplus(np.asarray(embeddings, np.float64), k, random_state=seed, n_local_trials=1)[1]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_factorized_kmeans_pp_makes_the_selections_of_sklearn_kmeans_plusplus(seed):
+    rng = np.random.default_rng(seed)
+    probs, h = rng.dirichlet(np.ones(4), size=300), rng.normal(size=(300, 6))
+    residuals = strategies.gradient_residuals(probs)
+    ours = strategies.kmeans_pp_outer(residuals, h, 25, random_state=seed)
+    assert list(ours) == list(sklearn_kmeans_pp(gradient_embeddings(probs, h), 25, seed))
+    assert len(set(ours)) == 25
+
+
+def test_badge_is_kmeans_plus_plus_on_the_gradient_embeddings(real_model):
+    x = real_pool(40)
+    positions = select("badge", real_model, x, 6, seed=3)
+    h, probs = embed_and_predict(real_model, x)
+    seed = int(np.random.default_rng(3).integers(2 ** 31 - 1))
+    assert list(positions) == list(sklearn_kmeans_pp(gradient_embeddings(probs, h), 6, seed))
+
+
+def test_badge_fills_the_batch_when_every_gradient_embedding_is_zero():
+    import keras
+    model = tiny_sequential(keras.layers.Dense(8, activation="relu"))
+    model.layers[-1].kernel.assign(np.zeros((8, 4)))
+    model.layers[-1].bias.assign([1000.0, 0.0, 0.0, 0.0])  # p is exactly one-hot: zero gradients
+    positions = select("badge", model, real_pool(20), 8)
+    assert len(np.unique(positions)) == 8 and positions.max() < 20
+
+
+def test_badge_rejects_a_last_layer_without_softmax():
+    import keras
+    model = keras.Sequential([keras.Input(shape=(N_FEATURES,)), keras.layers.Dense(4)])
+    with pytest.raises(ValueError, match="softmax"):
+        select("badge", model, real_pool(10), 3)
+
+
+def test_gradient_residuals_are_p_minus_the_one_hot_prediction():
+    np.testing.assert_allclose(strategies.gradient_residuals([[0.2, 0.5, 0.3]]), [[0.2, -0.5, 0.3]])
+
+
+def test_fill_unique_keeps_first_occurrences_in_order_and_tops_up():
+    filled = strategies.fill_unique(np.array([3, 3, 1, 3]), 6, 4, np.random.default_rng(0))
+    assert list(filled[:2]) == [3, 1] and len(set(filled)) == 4 and filled.max() < 6

@@ -1,0 +1,213 @@
+"""Bad input through the script entry point: a clear ``error: ...`` naming the problem, no traceback."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import data_common
+import experiment
+import mitbih
+import mnist
+import plot_perf
+import runner
+from conftest import make_synthetic_dataset, tiny_build_model
+from data_common import REPO_ROOT, Dataset
+from test_data_mitbih import write_csv
+from test_data_mnist import write_mnist
+from test_experiment import NAMESPACE
+
+
+@pytest.fixture
+def isolated(monkeypatch, tmp_path):
+    """Only the folders a test names are searched: no AL_DATA_DIR, an empty repo data root."""
+    monkeypatch.delenv("AL_DATA_DIR", raising=False)
+    root = tmp_path / "repo_data"
+    root.mkdir()
+    monkeypatch.setattr(data_common, "DEFAULT_DATA_ROOT", root)
+    return tmp_path
+
+
+@pytest.fixture
+def no_workers(monkeypatch):
+    """Fail the test if the grid is started: errors must come before any worker."""
+    def fail(*args, **kwargs):
+        raise AssertionError("the grid was started despite bad input")
+    monkeypatch.setattr(runner, "run_grid", fail)
+
+
+def main_error(dataset, namespace, load_data, argv, build_model=tiny_build_model) -> str:
+    with pytest.raises(SystemExit) as err:
+        experiment.main(dataset, namespace, load_data, build_model, argv)
+    message = str(err.value.code)
+    assert message.startswith("error: "), message
+    return message
+
+
+def toy(config, data_dir=None):
+    return make_synthetic_dataset()
+
+
+# --------------------------------------------------------------------------- dataset files
+def test_partial_mnist_folder_gives_a_clean_error_from_the_script(tmp_path):
+    folder = write_mnist(tmp_path / "mnist")
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    proc = subprocess.run([sys.executable, "code/mnist.py", "--data-dir", str(folder),
+                           "--results-dir", str(tmp_path / "results")],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and "t10k-labels-idx1-ubyte.gz" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_truncated_mnist_file_names_the_file(isolated, no_workers):
+    folder = write_mnist(isolated / "mnist")
+    path = folder / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:20])
+    message = main_error("mnist", vars(mnist), mnist.load_data,
+                         ["--data-dir", str(folder), "--results-dir", str(isolated / "r")])
+    assert str(path) in message and "truncated" in message
+
+
+def test_mnist_file_of_the_wrong_kind_names_the_file(isolated, no_workers):
+    folder = write_mnist(isolated / "mnist")
+    with gzip.open(folder / "train-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(b"not an idx file at all")
+    message = main_error("mnist", vars(mnist), mnist.load_data,
+                         ["--data-dir", str(folder), "--results-dir", str(isolated / "r")])
+    assert "train-labels-idx1-ubyte.gz" in message and "not an idx file" in message
+
+
+def test_corrupt_mitbih_csv_gives_a_clean_error(isolated, no_workers):
+    folder = isolated / "mitbih"
+    folder.mkdir()
+    write_csv(folder / "mitbih_train.csv", 20, n_columns=50)  # wrong number of columns
+    write_csv(folder / "mitbih_test.csv", 10)
+    message = main_error(mitbih.results_name, vars(mitbih), mitbih.load_data,
+                         ["--data-dir", str(folder), "--results-dir", str(isolated / "r")])
+    assert "mitbih_train.csv" in message
+
+
+def test_unknown_mitbih_split_gives_a_clean_error(tmp_path, no_workers):
+    message = main_error(mitbih.results_name, vars(mitbih), mitbih.load_data,
+                         ["--split", "diagonal", "--results-dir", str(tmp_path)])
+    assert "diagonal" in message and "intra" in message
+
+
+@pytest.mark.parametrize("broken, problem", [
+    (dict(y_train=np.full(300, 7)), "labels must lie in 0..2"),
+    (dict(y_test=np.zeros(3, dtype=np.int64)), "100 samples but 3 labels"),
+    (dict(x_test=np.zeros((100, 3), dtype=np.float32)), "train samples have shape (2,) but test samples (3,)"),
+])
+def test_dataset_whose_labels_or_shapes_do_not_match(tmp_path, no_workers, broken, problem):
+    good = make_synthetic_dataset()
+
+    def load(config, data_dir=None):
+        arrays = {k: getattr(good, k) for k in ("x_train", "y_train", "x_test", "y_test")}
+        return Dataset(**{**arrays, **broken}, class_names=good.class_names, source="toy files")
+
+    message = main_error("toy", NAMESPACE, load, ["--results-dir", str(tmp_path)])
+    assert problem in message and "toy files" in message
+
+
+# --------------------------------------------------------------------------- options
+def test_budget_larger_than_the_pool_is_refused_before_workers_start(tmp_path, no_workers):
+    message = main_error("toy", NAMESPACE, toy, ["--n-steps", "100", "--jobs", "2",
+                                                 "--results-dir", str(tmp_path)])
+    assert "= 1020 labels" in message and "only 300 samples" in message
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["--fit-batch-size", "0"], "--fit-batch-size must be positive"),
+    (["--n-steps", "-1"], "--n-steps must be 0 or more"),
+    (["--pool-subsample", "-5"], "--pool-subsample must be 0 or more"),
+    (["--jobs", "0"], "--jobs must be at least 1"),
+    (["--retries", "-1"], "--retries must be at least 0"),
+    (["--first-seed", "-1"], "--first-seed must be at least 0"),
+    (["--address", "auto"], "--address needs --backend ray"),
+    (["--strategies", ","], "--strategies is empty"),
+    (["--strategies", "random,oracle"], "unknown strategies ['oracle']"),
+])
+def test_bad_options_are_named(tmp_path, no_workers, argv, problem):
+    assert problem in main_error("toy", NAMESPACE, toy, argv + ["--results-dir", str(tmp_path)])
+
+
+def test_unknown_backend_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        experiment.main("toy", NAMESPACE, toy, tiny_build_model, ["--backend", "slurm"])
+    assert err.value.code == 2 and "--backend" in capsys.readouterr().err
+
+
+def test_unknown_dataset_in_run_sh_is_named_before_any_setup():
+    proc = subprocess.run(["bash", "run.sh", "--quick"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          env={**os.environ, "DATASETS": "mnist cifar"}, timeout=60)
+    assert proc.returncode == 2
+    assert "unknown dataset 'cifar'" in proc.stderr and "mnist mitbih" in proc.stderr
+
+
+# --------------------------------------------------------------------------- results folder
+@pytest.fixture
+def one_run(tmp_path, monkeypatch):
+    """results/toy/random_seed0.json, complete, with epochs 1 and no steps after the first."""
+    monkeypatch.setattr(experiment, "_DATA_CACHE", {})
+    results = tmp_path / "results"
+    experiment.main("toy", NAMESPACE, toy, tiny_build_model,
+                    ["--jobs", "1", "--strategies", "random", "--n-steps", "0",
+                     "--results-dir", str(results)])
+    return results
+
+
+@pytest.mark.slow
+def test_results_of_another_config_are_listed_before_workers_start(one_run, monkeypatch):
+    monkeypatch.setattr(runner, "run_grid", lambda *a, **k: pytest.fail("grid started"))
+    calls = []
+    message = main_error("toy", NAMESPACE, lambda c, d=None: calls.append(1),
+                         ["--strategies", "random", "--n-steps", "0", "--epochs", "2",
+                          "--results-dir", str(one_run)])
+    assert str(one_run / "toy" / "random_seed0.json") in message
+    assert "epochs: 1 on disk vs 2 now" in message and "--fresh" in message
+    assert calls == [], "the data must not even be loaded"
+    # --fresh may overwrite the grid's own runs, never other runs in the folder.
+    message = main_error("toy", NAMESPACE, toy, ["--strategies", "entropy", "--n-steps", "0",
+                                                 "--epochs", "2", "--fresh", "--results-dir",
+                                                 str(one_run)])
+    assert "random_seed0.json" in message and "another --results-dir" in message
+
+
+@pytest.mark.slow
+def test_fresh_overwrites_the_grids_runs_of_another_config(one_run, monkeypatch):
+    monkeypatch.setattr(experiment, "_DATA_CACHE", {})
+    results = experiment.main("toy", NAMESPACE, toy, tiny_build_model,
+                              ["--jobs", "1", "--strategies", "random", "--n-steps", "0",
+                               "--epochs", "2", "--fresh", "--results-dir", str(one_run)])
+    assert results[0]["config"]["epochs"] == 2
+
+
+@pytest.mark.slow
+def test_modified_run_file_is_listed_before_workers_start(one_run, no_workers):
+    path = one_run / "toy" / "random_seed0.json"
+    run = json.loads(path.read_text())
+    run["steps"][0]["macro_f1"] = 1.0
+    path.write_text(json.dumps(run))
+    message = main_error("toy", NAMESPACE, toy, ["--strategies", "random", "--n-steps", "0",
+                                                 "--results-dir", str(one_run)])
+    assert str(path) in message and "modified or truncated" in message
+
+
+# --------------------------------------------------------------------------- plot_perf
+def test_plot_perf_on_a_missing_results_dir_says_so(tmp_path, capsys):
+    assert plot_perf.main(["--results-dir", str(tmp_path / "absent")]) == 1
+    assert "No results folder" in capsys.readouterr().err
+
+
+def test_plot_perf_on_an_empty_results_dir_says_so(tmp_path, capsys):
+    assert plot_perf.main(["--results-dir", str(tmp_path)]) == 1
+    assert "No run files" in capsys.readouterr().err
