@@ -57,9 +57,9 @@ from __future__ import annotations
 import argparse
 import csv
 import inspect
+import io
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +68,7 @@ from typing import Callable
 import numpy as np
 
 import data_common  # noqa: F401  (silences TensorFlow's start-up chatter before it loads)
+from runfiles import write_text_atomic
 from strategies import STRATEGIES, entropy, get_strategy, predict_proba
 
 QUEUE_COLUMNS = ("rank", "id", "predicted", "confidence", "uncertainty", "label")
@@ -172,22 +173,11 @@ def line_numbers(frame, mask=None) -> list[int]:
 
 def write_csv_atomic(path: Path, header, rows) -> None:
     """Write a CSV so that readers never see a partial file, even if killed mid-write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            writer.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
 
 
 # =========================================================================== loading data

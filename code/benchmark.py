@@ -248,6 +248,7 @@ def is_protocol_grid(line: dict, config: dict, n_seeds: int, strategies: list[st
             and len(set(line.get("seeds", []))) == n_seeds
             and sorted(line.get("strategies", [])) == sorted(strategies)
             and (cpu_cores is None or line.get("cpu_cores") == cpu_cores)
+            and line.get("backend", "local") == "local"  # a cluster's time is not this machine's
             and isinstance(line.get("wall_seconds"), (int, float)))
 
 

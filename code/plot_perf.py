@@ -20,7 +20,6 @@ range, divided by that range) per run; paired Wilcoxon signed-rank tests over se
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

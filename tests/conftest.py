@@ -76,3 +76,17 @@ def build_model():
 @pytest.fixture
 def loop_config() -> dict:
     return dict(LOOP_CONFIG)
+
+
+@pytest.fixture
+def isolated(monkeypatch, tmp_path):
+    """Only the folders a test names are searched: no AL_DATA_DIR, an empty repo data root.
+
+    Returns ``tmp_path``; the empty default data root is ``tmp_path / "repo_data"``.
+    """
+    import data_common
+    monkeypatch.delenv("AL_DATA_DIR", raising=False)
+    root = tmp_path / "repo_data"
+    root.mkdir()
+    monkeypatch.setattr(data_common, "DEFAULT_DATA_ROOT", root)
+    return tmp_path

@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 
-import data_common
 import experiment
 import mitbih
 import mnist
@@ -22,16 +21,6 @@ from data_common import REPO_ROOT, Dataset
 from test_data_mitbih import write_csv
 from test_data_mnist import write_mnist
 from test_experiment import NAMESPACE
-
-
-@pytest.fixture
-def isolated(monkeypatch, tmp_path):
-    """Only the folders a test names are searched: no AL_DATA_DIR, an empty repo data root."""
-    monkeypatch.delenv("AL_DATA_DIR", raising=False)
-    root = tmp_path / "repo_data"
-    root.mkdir()
-    monkeypatch.setattr(data_common, "DEFAULT_DATA_ROOT", root)
-    return tmp_path
 
 
 @pytest.fixture

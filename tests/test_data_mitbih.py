@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import wfdb
 
-import data_common
 import data_mitbih
 from data_common import DataCorruptError, DataNotFoundError
 from data_mitbih import (
@@ -66,14 +65,6 @@ def cached_beats(full_build):
     (cache_path,) = cache_dir.glob(f"mitbih_beats_{data_mitbih.RECIPE_HASH}.npz")
     with np.load(cache_path) as cache:
         return cache["x"], cache["y"], cache["record_ids"]
-
-
-@pytest.fixture
-def isolated(monkeypatch, tmp_path):
-    """No AL_DATA_DIR and an empty repo data root, so only ``data_dir`` is searched."""
-    monkeypatch.delenv("AL_DATA_DIR", raising=False)
-    monkeypatch.setattr(data_common, "DEFAULT_DATA_ROOT", tmp_path / "repo_data")
-    return tmp_path
 
 
 def write_synthetic_record(directory, name, beat_samples, symbols, n_samples, fs=360):

@@ -46,13 +46,9 @@ def write_mnist(folder: Path, n_train: int = 6, n_test: int = 4, size: int = 5, 
 
 
 @pytest.fixture
-def no_default_data(tmp_path, monkeypatch):
-    """Only the folders a test names are searched: no AL_DATA_DIR, an empty default data root."""
-    monkeypatch.delenv("AL_DATA_DIR", raising=False)
-    root = tmp_path / "default_root"
-    root.mkdir()
-    monkeypatch.setattr(data_common, "DEFAULT_DATA_ROOT", root)
-    return root
+def no_default_data(isolated):
+    """The empty default data root of the ``isolated`` fixture (conftest)."""
+    return isolated / "repo_data"
 
 
 def test_synthetic_files_load_scaled_with_a_channel_axis(tmp_path, no_default_data):
