@@ -31,6 +31,7 @@ from runfiles import RunFileError, read_result
 
 PUBLISHED_TARGETS = {"mitbih": 0.74, "mnist": 0.96}  # the published text's reference F1 levels
 BASELINE = "random"
+TIME_KEYS = ("train_seconds", "score_seconds", "eval_seconds")
 
 
 class InvalidRunFile(ValueError):
@@ -74,7 +75,8 @@ def load_runs(folder: Path, warnings: list[str] | None = None) -> tuple[list[dic
 def curves(runs: list[dict]) -> pd.DataFrame:
     """One row per (strategy, seed, step)."""
     rows = [{"strategy": r["strategy"], "seed": r["seed"], "step": s["step"],
-             "n_labeled": s["n_labeled"], "macro_f1": s["macro_f1"]}
+             "n_labeled": s["n_labeled"], "macro_f1": s["macro_f1"],
+             **{k: s.get(k, 0.0) for k in TIME_KEYS}}
             for r in runs for s in r["steps"]]
     return pd.DataFrame(rows)
 
@@ -168,6 +170,18 @@ def strategy_table(dataset: str, df, stats, areas, strategies) -> list[str]:
     return lines
 
 
+def time_table(df: pd.DataFrame, strategies: list[str]) -> list[str]:
+    """Where the compute goes: seconds per step (mean) and in total, per strategy and phase."""
+    head = ["strategy", "steps"] + [f"{k.split('_')[0]} s/step" for k in TIME_KEYS] + ["total core-minutes"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in strategies:
+        part = df[df.strategy == s]
+        means = [f"{part[k].mean():.2f}" for k in TIME_KEYS]
+        total = part[list(TIME_KEYS)].to_numpy().sum() / 60
+        lines.append(f"| {s} | {len(part)} | " + " | ".join(means) + f" | {total:.1f} |")
+    return lines
+
+
 def final_class_table(runs: list[dict], key: str, strategies: list[str], digits: int) -> list[str]:
     """Mean over seeds of a per-class dict (``per_class_f1`` or ``labeled_class_counts``) at the last step."""
     frame = final_class_frame(runs, key)
@@ -257,6 +271,8 @@ def summarize_dataset(folder: Path, out_dir: Path) -> str | None:
              "AUBC: area under the macro-F1 vs labels curve divided by the label range. p: two-sided "
              "Wilcoxon signed-rank test over paired seeds.", "",
              "## Macro-F1 per budget (mean ± std, seeds)", "", *budget_table(df, stats, strategies), "",
+             "## Compute time (from the steps' own timers; one process per run)", "",
+             *time_table(df, strategies), "",
              "## Per-class F1 at the final budget (mean over seeds)", "",
              *final_class_table(runs, "per_class_f1", strategies, 3), "",
              "## Class mix of the labeled set at the final budget (mean over seeds)", "",
