@@ -34,6 +34,7 @@ completed step and ends with the same result as an uninterrupted run.
 
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import sys
@@ -66,6 +67,8 @@ class GridOutcome:
 
 # --------------------------------------------------------------------------- in the workers
 _CONFIGURED_THREADS: int | None = None
+_IN_POOL_WORKER = False      # set by the local pool's initializer, never in the driver
+_FAST_EXIT_REGISTERED = False
 
 
 def run_task(task, load_data: Callable, build_model: Callable, progress, threads: int) -> dict:
@@ -76,7 +79,43 @@ def run_task(task, load_data: Callable, build_model: Callable, progress, threads
     if _CONFIGURED_THREADS is None:
         experiment.configure_tensorflow(threads)
         _CONFIGURED_THREADS = threads
-    return experiment.execute_task(task, load_data, build_model, progress)
+    result = experiment.execute_task(task, load_data, build_model, progress)
+    if _IN_POOL_WORKER:
+        skip_finalization_at_exit()
+    return result
+
+
+def skip_finalization_at_exit() -> None:
+    """Make this worker process end with ``os._exit(0)`` as soon as it starts shutting down.
+
+    A spawned worker that has run TensorFlow can hang in native code during interpreter
+    finalization: after a full MIT-BIH grid both workers sat there about 70 s, with every
+    result already written, and had to be killed. Nothing is left to do at that point:
+    result files are written atomically during the run, and ``Process._bootstrap`` has
+    flushed multiprocessing's queues (``util._exit_function``) before ``atexit`` handlers
+    run. Registered after TensorFlow's own handlers (``atexit`` runs the newest first), so
+    it runs before them. Only for local pool workers: never called in the driver.
+    """
+    global _FAST_EXIT_REGISTERED
+    if not _FAST_EXIT_REGISTERED:
+        atexit.register(_flush_and_exit)
+        _FAST_EXIT_REGISTERED = True
+
+
+def _flush_and_exit() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(0)
+
+
+def init_pool_worker(parent_pid: int) -> None:
+    """Initializer of the local backend's worker processes."""
+    global _IN_POOL_WORKER
+    _IN_POOL_WORKER = True
+    exit_with_parent(parent_pid)
 
 
 def exit_with_parent(parent_pid: int) -> None:
@@ -193,7 +232,7 @@ def _run_local(tasks, load_data, build_model, jobs, threads, max_retries, progre
         while remaining:
             broken = False
             with ProcessPoolExecutor(min(jobs, len(remaining)), mp_context=ctx,
-                                     initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
+                                     initializer=init_pool_worker, initargs=(os.getpid(),)) as pool:
                 futures = {pool.submit(run_task, task, load_data, build_model, lines, threads): i
                            for i, task in remaining.items()}
                 for future in as_completed(futures):

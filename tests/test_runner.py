@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,36 @@ def test_workers_get_the_repository_modules_on_their_path(monkeypatch):
     assert str(Path(__file__).parent) in parts  # pytest put tests/ on sys.path
     assert parts[-1] == "/elsewhere"
     assert not [p for p in parts if ".venv" in p]
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT / "code",
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_pool_worker_skips_interpreter_finalization_but_keeps_its_output():
+    # A handler registered before the worker's first task stands for TensorFlow's: it
+    # must not run (finalization is where workers hung), while unflushed output survives.
+    done = run_python("import atexit, sys, runner\n"
+                      "atexit.register(lambda: print('FINALIZED', flush=True))\n"
+                      "runner.skip_finalization_at_exit(); runner.skip_finalization_at_exit()\n"
+                      "sys.stdout.write('result written')\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "result written"
+
+
+def test_only_pool_workers_ask_for_the_fast_exit(monkeypatch):
+    # jobs == 1 runs tasks in the driver itself, which must finalize normally.
+    monkeypatch.setattr(experiment, "task_data", lambda task, load: None)
+    monkeypatch.setattr(experiment, "execute_task", lambda *args: {"steps": []})
+    monkeypatch.setattr(runner, "_CONFIGURED_THREADS", 1)
+    calls = []
+    monkeypatch.setattr(runner, "skip_finalization_at_exit", lambda: calls.append(1))
+    runner.run_task(None, None, None, None, 1)
+    assert calls == []
+    monkeypatch.setattr(runner, "_IN_POOL_WORKER", True)
+    runner.run_task(None, None, None, None, 1)
+    assert calls == [1]
 
 
 def test_unknown_backend_and_misplaced_address_are_refused(tmp_path):
