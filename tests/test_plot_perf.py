@@ -59,6 +59,18 @@ def summarize(results_dir) -> tuple[int, str]:
     return code, summary.read_text() if summary.exists() else ""
 
 
+def table_cell(summary: str, row: str, column: str, section: str) -> str:
+    """The cell in the row whose strategy (or first cell) is ``row``, under header ``column``."""
+    part = summary.split(section, 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in part.splitlines() if line.startswith("|") and not line.startswith("|---")]
+    head = rows[0]
+    key = head.index("strategy") if "strategy" in head else 0
+    matches = [r for r in rows[1:] if r[key] == row]
+    assert matches, f"no row {row!r} under {section!r}:\n{part}"
+    return matches[0][head.index(column)]
+
+
 def table_row(summary: str, first_cell: str, section: str) -> list[str]:
     """Cells of the row starting with ``first_cell`` in the table under heading ``section``."""
     part = summary.split(section, 1)[1].split("\n## ", 1)[0]
@@ -94,14 +106,34 @@ def test_summary_table_has_hand_computed_mean_and_std(results):
 
 def test_summary_strategy_table_has_final_f1_aubc_and_labels_to_random_final(results):
     _, summary = summarize(results)
-    random_row = table_row(summary, "random", "## Strategies")
-    entropy_row = table_row(summary, "entropy", "## Strategies")
-    assert random_row[1] == "40" and random_row[2] == "0.7000 ± 0.1000"
+    section = "## Strategies"
+
+    def cell(row, column):
+        return table_cell(summary, row, column, section)
+    assert cell("random", "final labels") == "40"
+    assert cell("random", "final macro-F1 (seeds)") == "0.7000 ± 0.1000 (3)"
     # AUBC entropy seed 0: ((0.4 + 0.6) / 2 * 10 + (0.6 + 0.9) / 2 * 10) / 20 = 0.625; seeds +0.05 each.
-    assert entropy_row[3] == "0.6750 ± 0.0500"
+    assert cell("entropy", "AUBC") == "0.6750 ± 0.0500"
     # Random's final mean 0.7 is reached by entropy's mean at 30 labels, by random at 40.
-    assert entropy_row[5] == "30" and random_row[5] == "40"
-    assert "random's final (0.7000)" in summary
+    assert cell("entropy", "labels to random's final (0.7000)") == "30"
+    assert cell("random", "labels to random's final (0.7000)") == "40"
+
+
+def test_strategy_table_ranks_by_final_f1_with_p_values_vs_random_and_entropy(results):
+    folder = results / "toy"
+    for seed, f1s in enumerate([[0.4, 0.5, 0.80], [0.4, 0.5, 0.81], [0.4, 0.5, 0.82]]):
+        write_run(folder, run_dict("margin", seed, f1s))
+    _, summary = summarize(results)
+
+    def cell(row, column):
+        return table_cell(summary, row, column, "## Strategies")
+    # Final means: entropy 0.9, margin 0.81, random 0.7.
+    assert [cell(s, "rank") for s in ("entropy", "margin", "random")] == ["1", "2", "3"]
+    # Exact two-sided Wilcoxon over 3 seeds, all differences of one sign: p = 2 / 2**3 = 0.25.
+    assert cell("margin", "p final vs random") == "0.25"
+    assert cell("margin", "p final vs entropy") == "0.25"
+    assert cell("entropy", "p final vs entropy") == "-" and cell("random", "p AUBC vs random") == "-"
+    assert cell("margin", "p AUBC vs entropy") == "0.25"
 
 
 def test_summary_lists_random_first_and_reports_no_incomplete_runs(results):
