@@ -516,12 +516,12 @@ def run_measurements(specs: list[dict]) -> list[dict]:
     return results
 
 
-def in_fresh_process(specs: list[dict]) -> list[dict]:
-    """Run ``specs`` in a new spawned Python process, so TensorFlow starts from scratch."""
+def in_fresh_process(specs: list[dict], worker: Callable = run_measurements) -> list[dict]:
+    """Run ``worker(specs)`` in a new spawned Python process, so TensorFlow starts from scratch."""
     import multiprocessing as mp
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
         try:
-            return pool.submit(run_measurements, specs).result()
+            return pool.submit(worker, specs).result()
         except BrokenProcessPool:
             which = ", ".join(f"{s['dataset']} {s['kind']} {s['n_labeled']}" for s in specs)
             raise RuntimeError(f"the worker process measuring {which} died (killed, out of memory, "

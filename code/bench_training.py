@@ -1,0 +1,171 @@
+"""Training-speed options side by side: one step's training at the protocol's final budget.
+
+Run by hand (not in CI)::
+
+    python code/bench_training.py                       # both datasets, every option
+    python code/bench_training.py --datasets mitbih --options default,xla
+    python code/bench_training.py --smoke               # seconds; tests the script only
+
+Training is most of a protocol step (``results/benchmark.md``), so this measures what the
+usual CPU levers do to it: each option trains the dataset script's model on the same
+labeled set (``default_rng(0)``, the final budget) in its own spawned process configured
+like a protocol worker (``cpu_count // jobs`` TensorFlow threads, after an untimed tiny
+fit), and reports fit seconds (graph tracing included: every step builds a fresh model)
+and test macro-F1. The F1 is one seed, a sanity check only: an option is worth a protocol
+run only if it is clearly faster. Writes ``<out-dir>/bench_training.md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import benchmark
+from data_common import resolve_repo_path
+
+# name -> (what it changes, config overrides, compile overrides, dtype policy, threads factor)
+OPTIONS = {
+    "default": ("the protocol's own settings", {}, {}, None, 1),
+    "xla": ("jit_compile=True (XLA), off by default on CPU", {}, {"jit_compile": True}, None, 1),
+    "bf16": ("mixed_bfloat16 policy (AMX/AVX-512 bf16 where the CPU has it)", {}, {}, "mixed_bfloat16", 1),
+    "steps16": ("steps_per_execution=16 (fewer Python round trips)", {}, {"steps_per_execution": 16}, None, 1),
+    "batch2x": ("twice the fit batch size (half the updates)", {"fit_batch_size": 2}, {}, None, 1),
+    "epochs_half": ("half the epochs (half the updates)", {"epochs": 0.5}, {}, None, 1),
+    "threads2x": ("twice the TensorFlow threads (one run alone on the machine)", {}, {}, None, 2),
+}
+SMOKE = {"labeled": 64, "test": 256, "epochs": 1}
+
+
+def option_config(config: dict, name: str) -> dict:
+    """The dataset config with an option's multiplicative overrides applied."""
+    scaled = {k: max(1, int(round(config[k] * f))) for k, f in OPTIONS[name][1].items()}
+    return {**config, **scaled}
+
+
+def fit_once(module, config: dict, option: str, x, y, n_classes: int):
+    """Build the script's model as the loop does, recompile with the option, fit; return (model, s)."""
+    import keras
+
+    from al_loop import class_weights
+    _, _, compile_overrides, policy, _ = OPTIONS[option]
+    t0 = time.perf_counter()
+    keras.utils.set_random_seed(benchmark.LABEL_SEED)
+    keras.backend.clear_session(free_memory=False)  # also resets the dtype policy: set it after
+    keras.mixed_precision.set_global_policy(policy or "float32")
+    model = module.build_model(config, x.shape[1:], n_classes)
+    if compile_overrides:
+        optimizer = type(model.optimizer).from_config(model.optimizer.get_config())
+        model.compile(optimizer=optimizer, loss=model.loss, **compile_overrides)
+    model.fit(x, y, epochs=config["epochs"], batch_size=config["fit_batch_size"], verbose=0,
+              class_weight=class_weights(y, n_classes, config.get("class_weight")))
+    return model, time.perf_counter() - t0
+
+
+def measure_option(specs: list[dict]) -> list[dict]:
+    """Worker entry point: one option of one dataset (``specs`` holds one spec)."""
+    import experiment
+    import tensorflow as tf
+
+    from al_loop import evaluate
+    spec = specs[0]
+    threads = max(1, (os.cpu_count() or 1) // spec["jobs"]) * OPTIONS[spec["option"]][4]
+    experiment.configure_tensorflow(threads)
+    module = benchmark.script_module(spec["dataset"])
+    config = benchmark.default_config(module)
+    data = module.load_data(config, spec["data_dir"])
+    if spec["smoke"]:
+        config["epochs"] = SMOKE["epochs"]
+        data = dataclasses.replace(data, x_test=data.x_test[:SMOKE["test"]], y_test=data.y_test[:SMOKE["test"]])
+    config = option_config(config, spec["option"])
+    n_classes = len(data.class_names)
+    labeled = np.random.default_rng(benchmark.LABEL_SEED).choice(len(data.x_train), spec["n_labeled"],
+                                                                  replace=False)
+    x, y = data.x_train[labeled], data.y_train[labeled]
+    fit_once(module, {**config, "epochs": 1}, spec["option"], x[:64], y[:64], n_classes)  # warm-up
+    model, seconds = fit_once(module, config, spec["option"], x, y, n_classes)
+    return [{**spec, "fit_seconds": seconds, "macro_f1": evaluate(model, data)["macro_f1"],
+             "threads": threads, "epochs": config["epochs"], "fit_batch_size": config["fit_batch_size"],
+             "tensorflow": tf.__version__, "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]}]
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Training-speed options: one training at the final budget", "",
+             f"- Command: `{report['command']}`",
+             f"- Machine: {report['cpu_cores']} CPU cores ({report['cpu_model']}), TensorFlow "
+             f"{report['tensorflow']}, GPU: {', '.join(report['gpus']) or 'none'}",
+             f"- Date: {report['created_at']}, code at {report['git_commit']}",
+             "- Fit seconds include building the model and tracing its graph (each step trains a "
+             "fresh model). Macro-F1: one seed, a sanity check, not a result.", "",
+             "| dataset | labels | option | what it changes | threads | epochs | fit batch | fit s | vs default | macro-F1 |",
+             "|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+    for m in report["measurements"]:
+        base = next(b for b in report["measurements"]
+                    if b["dataset"] == m["dataset"] and b["option"] == "default")
+        lines.append(f"| {m['dataset']} | {m['n_labeled']} | {m['option']} | {OPTIONS[m['option']][0]} | "
+                     f"{m['threads']} | {m['epochs']} | {m['fit_batch_size']} | {m['fit_seconds']:.1f} | "
+                     f"{m['fit_seconds'] / base['fit_seconds']:.2f}x | {m['macro_f1']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python code/bench_training.py",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", default=",".join(benchmark.DATASETS), metavar="A,B")
+    parser.add_argument("--options", default=",".join(OPTIONS), metavar="A,B",
+                        help=f"options to time (default all: {', '.join(OPTIONS)}); default is always included")
+    parser.add_argument("--jobs", type=int, default=2, metavar="J",
+                        help="protocol jobs a worker is configured for: threads = cpu_count // J (default 2)")
+    parser.add_argument("--data-dir", default=None, metavar="DIR")
+    parser.add_argument("--out-dir", default=None, metavar="DIR",
+                        help="where bench_training.md/.json go (default results/; --smoke: a temporary folder)")
+    parser.add_argument("--smoke", action="store_true", help="64 labels, 1 epoch: tests the script only")
+    args = parser.parse_args(argv)
+    args.datasets = [d for d in args.datasets.split(",") if d]
+    args.options = ["default"] + [o for o in args.options.split(",") if o and o != "default"]
+    bad = sorted(set(args.datasets) - set(benchmark.DATASETS)) + sorted(set(args.options) - set(OPTIONS))
+    if bad or not args.datasets:
+        parser.error(f"unknown datasets or options {bad}; datasets: {', '.join(benchmark.DATASETS)}; "
+                     f"options: {', '.join(OPTIONS)}")
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
+    if args.out_dir is None:
+        args.out_dir = tempfile.mkdtemp(prefix="bench_training_smoke_") if args.smoke else "results"
+    args.out_dir = resolve_repo_path(args.out_dir)
+    return args
+
+
+def main(argv=None) -> dict:
+    from al_loop import git_commit, write_json_atomic
+    args = parse_args(argv)
+    command = "python code/bench_training.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
+    measurements = []
+    for dataset in args.datasets:
+        protocol = benchmark.protocol_of(benchmark.script_module(dataset))
+        final = protocol["start_size"] + protocol["n_steps"] * protocol["batch_size"]
+        for option in args.options:
+            spec = {"dataset": dataset, "option": option, "jobs": args.jobs, "smoke": args.smoke,
+                    "n_labeled": SMOKE["labeled"] if args.smoke else final, "data_dir": args.data_dir}
+            m = benchmark.in_fresh_process([spec], measure_option)[0]
+            print(f"{dataset:>6} {option:>11}: fit {m['fit_seconds']:.1f} s, macro-F1 {m['macro_f1']:.4f}",
+                  flush=True)
+            measurements.append(m)
+    report = {"command": command.strip(), "cpu_cores": os.cpu_count(), "cpu_model": benchmark.cpu_model(),
+              "tensorflow": measurements[0]["tensorflow"], "gpus": measurements[0]["gpus"],
+              "git_commit": git_commit(), "created_at": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+              "smoke": args.smoke, "measurements": measurements}
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out_dir / "bench_training.json", report)
+    (args.out_dir / "bench_training.md").write_text(markdown(report))
+    print(f"wrote {args.out_dir / 'bench_training.md'} and bench_training.json")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""bench_training: option overrides, argument checks and one real smoke run on MNIST."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+import bench_training
+
+
+def test_options_scale_the_config_and_never_reach_zero():
+    config = {"epochs": 3, "fit_batch_size": 32}
+    assert bench_training.option_config(config, "epochs_half") == {"epochs": 2, "fit_batch_size": 32}
+    assert bench_training.option_config(config, "batch2x") == {"epochs": 3, "fit_batch_size": 64}
+    assert bench_training.option_config({"epochs": 1, "fit_batch_size": 8}, "epochs_half")["epochs"] == 1
+    assert bench_training.option_config(config, "xla") == config
+
+
+def test_default_is_always_measured_first_and_unknown_names_are_refused(capsys):
+    args = bench_training.parse_args(["--smoke", "--options", "xla,default"])
+    assert args.options == ["default", "xla"]
+    for bad in (["--options", "fast"], ["--datasets", "cifar"], ["--jobs", "0"]):
+        with pytest.raises(SystemExit):
+            bench_training.parse_args(bad)
+    assert "fast" in capsys.readouterr().err
+
+
+def test_smoke_run_writes_one_row_per_option(tmp_path):
+    if not os.environ.get("AL_DATA_DIR"):
+        pytest.skip("set AL_DATA_DIR to a folder holding mnist/ to run the benchmark smoke test")
+    report = bench_training.main(["--smoke", "--datasets", "mnist", "--options", "steps16",
+                                  "--out-dir", str(tmp_path)])
+    assert [m["option"] for m in report["measurements"]] == ["default", "steps16"]
+    assert all(m["fit_seconds"] > 0 and 0 <= m["macro_f1"] <= 1 for m in report["measurements"])
+    assert json.loads((tmp_path / "bench_training.json").read_text())["measurements"][1]["option"] == "steps16"
+    table = (tmp_path / "bench_training.md").read_text()
+    assert "| mnist | 64 | default |" in table and "| mnist | 64 | steps16 |" in table
