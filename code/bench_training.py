@@ -24,29 +24,54 @@ import shlex
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 import benchmark
 from data_common import resolve_repo_path
 
-# name -> (what it changes, config overrides, compile overrides, dtype policy, threads factor)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way to train: what it changes, config changes, compile arguments, dtype policy, threads."""
+    what: str
+    config: Callable[[dict], dict] = lambda c: {}
+    compile: dict = field(default_factory=dict)
+    policy: str | None = None
+    threads_factor: int = 1
+    needs: tuple = ()   # config keys the dataset must have for the option to apply
+
+
+def halve(key: str) -> Callable[[dict], dict]:
+    return lambda c: {key: max(1, c[key] // 2)}
+
+
 OPTIONS = {
-    "default": ("the protocol's own settings", {}, {}, None, 1),
-    "xla": ("jit_compile=True (XLA), off by default on CPU", {}, {"jit_compile": True}, None, 1),
-    "bf16": ("mixed_bfloat16 policy (AMX/AVX-512 bf16 where the CPU has it)", {}, {}, "mixed_bfloat16", 1),
-    "steps16": ("steps_per_execution=16 (fewer Python round trips)", {}, {"steps_per_execution": 16}, None, 1),
-    "batch2x": ("twice the fit batch size (half the updates)", {"fit_batch_size": 2}, {}, None, 1),
-    "epochs_half": ("half the epochs (half the updates)", {"epochs": 0.5}, {}, None, 1),
-    "threads2x": ("twice the TensorFlow threads (one run alone on the machine)", {}, {}, None, 2),
+    "default": Option("the protocol's own settings"),
+    "xla": Option("jit_compile=True (XLA), off by default on CPU", compile={"jit_compile": True}),
+    "bf16": Option("mixed_bfloat16 policy (AMX/AVX-512 bf16 where the CPU has it)", policy="mixed_bfloat16"),
+    "steps16": Option("steps_per_execution=16 (fewer Python round trips)",
+                      compile={"steps_per_execution": 16}),
+    "batch2x": Option("twice the fit batch size (half the updates)",
+                      config=lambda c: {"fit_batch_size": 2 * c["fit_batch_size"]}),
+    "epochs_half": Option("half the epochs (half the updates)", config=halve("epochs")),
+    "no_batchnorm": Option("BatchNormalization off (where the model has it)",
+                           config=lambda c: {"batch_norm": 0}, needs=("batch_norm",)),
+    "threads2x": Option("twice the TensorFlow threads (one run alone on the machine)", threads_factor=2),
 }
 SMOKE = {"labeled": 64, "test": 256, "epochs": 1}
 
 
 def option_config(config: dict, name: str) -> dict:
-    """The dataset config with an option's multiplicative overrides applied."""
-    scaled = {k: max(1, int(round(config[k] * f))) for k, f in OPTIONS[name][1].items()}
-    return {**config, **scaled}
+    """The dataset config with an option's changes applied."""
+    return {**config, **OPTIONS[name].config(config)}
+
+
+def applies(name: str, config: dict) -> bool:
+    return all(key in config for key in OPTIONS[name].needs)
 
 
 def fit_once(module, config: dict, option: str, x, y, n_classes: int):
@@ -54,7 +79,7 @@ def fit_once(module, config: dict, option: str, x, y, n_classes: int):
     import keras
 
     from al_loop import class_weights
-    _, _, compile_overrides, policy, _ = OPTIONS[option]
+    compile_overrides, policy = OPTIONS[option].compile, OPTIONS[option].policy
     t0 = time.perf_counter()
     keras.utils.set_random_seed(benchmark.LABEL_SEED)
     keras.backend.clear_session(free_memory=False)  # also resets the dtype policy: set it after
@@ -75,7 +100,7 @@ def measure_option(specs: list[dict]) -> list[dict]:
 
     from al_loop import evaluate
     spec = specs[0]
-    threads = max(1, (os.cpu_count() or 1) // spec["jobs"]) * OPTIONS[spec["option"]][4]
+    threads = max(1, (os.cpu_count() or 1) // spec["jobs"]) * OPTIONS[spec["option"]].threads_factor
     experiment.configure_tensorflow(threads)
     module = benchmark.script_module(spec["dataset"])
     config = benchmark.default_config(module)
@@ -108,7 +133,7 @@ def markdown(report: dict) -> str:
     for m in report["measurements"]:
         base = next(b for b in report["measurements"]
                     if b["dataset"] == m["dataset"] and b["option"] == "default")
-        lines.append(f"| {m['dataset']} | {m['n_labeled']} | {m['option']} | {OPTIONS[m['option']][0]} | "
+        lines.append(f"| {m['dataset']} | {m['n_labeled']} | {m['option']} | {OPTIONS[m['option']].what} | "
                      f"{m['threads']} | {m['epochs']} | {m['fit_batch_size']} | {m['fit_seconds']:.1f} | "
                      f"{m['fit_seconds'] / base['fit_seconds']:.2f}x | {m['macro_f1']:.4f} |")
     return "\n".join(lines) + "\n"
@@ -147,9 +172,10 @@ def main(argv=None) -> dict:
     command = "python code/bench_training.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
     measurements = []
     for dataset in args.datasets:
-        protocol = benchmark.protocol_of(benchmark.script_module(dataset))
+        module = benchmark.script_module(dataset)
+        protocol = benchmark.protocol_of(module)
         final = protocol["start_size"] + protocol["n_steps"] * protocol["batch_size"]
-        for option in args.options:
+        for option in [o for o in args.options if applies(o, benchmark.default_config(module))]:
             spec = {"dataset": dataset, "option": option, "jobs": args.jobs, "smoke": args.smoke,
                     "n_labeled": SMOKE["labeled"] if args.smoke else final, "data_dir": args.data_dir}
             m = benchmark.in_fresh_process([spec], measure_option)[0]

@@ -10,12 +10,18 @@ import pytest
 import bench_training
 
 
-def test_options_scale_the_config_and_never_reach_zero():
-    config = {"epochs": 3, "fit_batch_size": 32}
-    assert bench_training.option_config(config, "epochs_half") == {"epochs": 2, "fit_batch_size": 32}
-    assert bench_training.option_config(config, "batch2x") == {"epochs": 3, "fit_batch_size": 64}
+def test_options_change_the_config_and_never_reach_zero_epochs():
+    config = {"epochs": 20, "fit_batch_size": 32}
+    assert bench_training.option_config(config, "epochs_half") == {"epochs": 10, "fit_batch_size": 32}
+    assert bench_training.option_config(config, "batch2x") == {"epochs": 20, "fit_batch_size": 64}
     assert bench_training.option_config({"epochs": 1, "fit_batch_size": 8}, "epochs_half")["epochs"] == 1
     assert bench_training.option_config(config, "xla") == config
+
+
+def test_model_options_apply_only_where_the_model_has_the_setting():
+    assert not bench_training.applies("no_batchnorm", {"epochs": 20})
+    assert bench_training.applies("no_batchnorm", {"batch_norm": 1})
+    assert bench_training.option_config({"batch_norm": 1}, "no_batchnorm") == {"batch_norm": 0}
 
 
 def test_default_is_always_measured_first_and_unknown_names_are_refused(capsys):
