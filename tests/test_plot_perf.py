@@ -119,6 +119,15 @@ def test_summary_strategy_table_has_final_f1_aubc_and_labels_to_random_final(res
     assert cell("random", "labels to random's final (0.7000)") == "40"
 
 
+def test_other_strategies_get_their_own_plot_and_the_reproduction_plot_stays(results):
+    assert summarize(results)[0] == 0
+    assert not (results / "toy_strategies.png").exists()  # random and entropy only
+    for seed in range(3):
+        write_run(results / "toy", run_dict("margin", seed, [0.4, 0.5, 0.8]))
+    assert summarize(results)[0] == 0
+    assert (results / "toy_strategies.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_strategy_table_ranks_by_final_f1_with_p_values_vs_random_and_entropy(results):
     folder = results / "toy"
     for seed, f1s in enumerate([[0.4, 0.5, 0.80], [0.4, 0.5, 0.81], [0.4, 0.5, 0.82]]):
