@@ -27,7 +27,7 @@ def test_model_options_apply_only_where_the_model_has_the_setting():
 def test_default_is_always_measured_first_and_unknown_names_are_refused(capsys):
     args = bench_training.parse_args(["--smoke", "--options", "xla,default"])
     assert args.options == ["default", "xla"]
-    for bad in (["--options", "fast"], ["--datasets", "cifar"], ["--jobs", "0"]):
+    for bad in (["--options", "fast"], ["--datasets", "cifar"], ["--jobs", "0"], ["--repeats", "0"]):
         with pytest.raises(SystemExit):
             bench_training.parse_args(bad)
     assert "fast" in capsys.readouterr().err
@@ -37,8 +37,10 @@ def test_smoke_run_writes_one_row_per_option(tmp_path):
     if not os.environ.get("AL_DATA_DIR"):
         pytest.skip("set AL_DATA_DIR to a folder holding mnist/ to run the benchmark smoke test")
     report = bench_training.main(["--smoke", "--datasets", "mnist", "--options", "steps16",
-                                  "--out-dir", str(tmp_path)])
+                                  "--repeats", "2", "--out-dir", str(tmp_path)])
     assert [m["option"] for m in report["measurements"]] == ["default", "steps16"]
+    assert all(m["fit_seconds"] == min(m["fit_seconds_repeats"]) and len(m["fit_seconds_repeats"]) == 2
+               for m in report["measurements"])
     assert all(m["fit_seconds"] > 0 and 0 <= m["macro_f1"] <= 1 for m in report["measurements"])
     assert json.loads((tmp_path / "bench_training.json").read_text())["measurements"][1]["option"] == "steps16"
     table = (tmp_path / "bench_training.md").read_text()
