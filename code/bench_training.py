@@ -140,7 +140,7 @@ def markdown(report: dict) -> str:
              "building the model and tracing its graph, as every step trains a fresh model. "
              "Macro-F1: one seed, a sanity check, not a result; an option that computes the same "
              "thing gives the same F1.", "",
-             "| dataset | labels | option | what it changes | threads | epochs | fit batch | fit s | vs default | macro-F1 |",
+             "| dataset | labels | option | what it changes | threads | epochs | fit batch | fit s | time vs default | macro-F1 |",
              "|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for m in report["measurements"]:
         base = next(b for b in report["measurements"]
