@@ -1,6 +1,7 @@
 """Average the run files of every dataset and write plots and summary tables.
 
     python code/plot_perf.py [--results-dir results]
+    python code/plot_perf.py --compare results/pool_subsample_10000/mnist results/mnist
 
 For each ``results/<dataset>/`` holding ``<strategy>_seed<k>.json`` files it writes
 ``results/<dataset>_perf.png`` (mean macro-F1 vs labels, +-1 std band, random and entropy),
@@ -266,6 +267,38 @@ def plot_classes(dataset: str, runs: list[dict], strategies: list[str], path: Pa
     plt.close(fig)
 
 
+# --------------------------------------------------------------------------- two configs
+def compare_folders(folder_a: Path, folder_b: Path) -> list[str]:
+    """Each strategy run in both folders (e.g. two configs of one dataset), paired by seed.
+
+    Rows: final macro-F1 and AUBC (mean ± std) in each folder and the two-sided Wilcoxon
+    signed-rank p-value over the seeds both folders ran. Only runs that completed count.
+    """
+    frames = {}
+    for tag, folder in (("a", folder_a), ("b", folder_b)):
+        runs = [r for r in load_runs(folder)[0] if r["complete"]]
+        if not runs:
+            raise InvalidRunFile(f"{folder}: no complete run files (<strategy>_seed<k>.json)")
+        df = curves(runs)
+        frames[tag] = (final_values(df), aubc(df))
+    shared = sorted(set(frames["a"][0].strategy) & set(frames["b"][0].strategy))
+    if not shared:
+        raise InvalidRunFile(f"{folder_a} and {folder_b} have no strategy in common")
+    def shown(folder: Path) -> str:
+        return str(folder.relative_to(REPO_ROOT)) if folder.is_relative_to(REPO_ROOT) else str(folder)
+    head = ["strategy", "value", f"A: {shown(folder_a)}", f"B: {shown(folder_b)}", "paired seeds", "p (A vs B)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in shared:
+        for i, (name, column) in enumerate((("final macro-F1", "macro_f1"), ("AUBC", "aubc"))):
+            a, b = (frames[t][i][frames[t][i].strategy == s].assign(strategy=t) for t in ("a", "b"))
+            both = pd.concat([a, b])
+            seeds = len(set(a.seed) & set(b.seed))
+            cells = [s, name, fmt(a[column].mean(), a[column].std()), fmt(b[column].mean(), b[column].std()),
+                     str(seeds), fmt_p(paired_wilcoxon(both, column, "a", "b"))]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 # --------------------------------------------------------------------------- driver
 def summarize_dataset(folder: Path, out_dir: Path) -> str | None:
     dataset = folder.name
@@ -319,7 +352,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results-dir", default=str(REPO_ROOT / "results"),
                         help="folder with one subfolder of run files per dataset")
+    parser.add_argument("--compare", nargs=2, metavar=("DIR_A", "DIR_B"), default=None,
+                        help="instead: compare the strategies run in two result folders of one dataset "
+                             "(e.g. two configs), paired by seed, and print the table")
     args = parser.parse_args(argv)
+    if args.compare:
+        try:
+            print("\n".join(compare_folders(*(resolve_repo_path(d) for d in args.compare))))
+        except InvalidRunFile as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        return 0
     root = resolve_repo_path(args.results_dir)
     if not root.is_dir():
         print(f"No results folder at {root}. Run the experiments first: bash run.sh", file=sys.stderr)

@@ -305,3 +305,22 @@ def test_fmt_handles_missing_values():
     assert plot_perf.fmt(float("nan")) == "-"
     assert plot_perf.fmt(0.5, np.nan) == "0.5000"
     assert plot_perf.fmt(0.5, 0.25, digits=2) == "0.50 ± 0.25"
+
+
+def test_compare_pairs_the_same_strategy_across_two_folders(results, tmp_path, capsys):
+    other = tmp_path / "other" / "toy"
+    for seed, f1s in enumerate([[0.4, 0.6, 0.91], [0.4, 0.7, 0.92], [0.4, 0.8, 0.93]]):
+        write_run(other, run_dict("entropy", seed, f1s))
+    assert plot_perf.main(["--compare", str(other), str(results / "toy")]) == 0
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if line.startswith("| entropy | final macro-F1"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # A: 0.91, 0.92, 0.93 vs B: 0.9 each; all three differences positive: exact p = 0.25.
+    assert cells[2:] == ["0.9200 ± 0.0100", "0.9000 ± 0.0000", "3", "0.25"]
+    assert "| random |" not in table  # random ran in one folder only
+
+
+def test_compare_without_common_runs_is_a_clear_error(results, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert plot_perf.main(["--compare", str(tmp_path / "empty"), str(results / "toy")]) == 1
+    assert "no complete run files" in capsys.readouterr().err
