@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import os
 import shlex
 import sys
@@ -102,6 +103,7 @@ def measure_option(specs: list[dict]) -> list[dict]:
     import tensorflow as tf
 
     from al_loop import evaluate
+    faulthandler.enable()  # a native crash (TensorFlow) then leaves a traceback on stderr
     spec = specs[0]
     threads = max(1, (os.cpu_count() or 1) // spec["jobs"]) * OPTIONS[spec["option"]].threads_factor
     experiment.configure_tensorflow(threads)
@@ -167,29 +169,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="64 labels, 1 epoch: tests the script only")
     args = parser.parse_args(argv)
     args.datasets = [d for d in args.datasets.split(",") if d]
-    args.options = ["default"] + [o for o in args.options.split(",") if o and o != "default"]
+    args.options = list(dict.fromkeys(["default"] + [o for o in args.options.split(",") if o]))
     bad = sorted(set(args.datasets) - set(benchmark.DATASETS)) + sorted(set(args.options) - set(OPTIONS))
     if bad or not args.datasets:
         parser.error(f"unknown datasets or options {bad}; datasets: {', '.join(benchmark.DATASETS)}; "
                      f"options: {', '.join(OPTIONS)}")
     if args.jobs < 1 or args.repeats < 1:
         parser.error("--jobs and --repeats must be >= 1")
-    if args.out_dir is None:
-        args.out_dir = tempfile.mkdtemp(prefix="bench_training_smoke_") if args.smoke else "results"
-    args.out_dir = resolve_repo_path(args.out_dir)
     return args
 
 
 def main(argv=None) -> dict:
     from al_loop import git_commit, write_json_atomic
     args = parse_args(argv)
+    if args.out_dir is None:
+        args.out_dir = tempfile.mkdtemp(prefix="bench_training_smoke_") if args.smoke else "results"
+    args.out_dir = resolve_repo_path(args.out_dir)
     command = "python code/bench_training.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
     measurements = []
     for dataset in args.datasets:
         module = benchmark.script_module(dataset)
         protocol = benchmark.protocol_of(module)
         final = protocol["start_size"] + protocol["n_steps"] * protocol["batch_size"]
-        for option in [o for o in args.options if applies(o, benchmark.default_config(module))]:
+        for option in args.options:
+            if not applies(option, benchmark.default_config(module)):
+                print(f"{dataset:>6} {option:>11}: skipped, the model has no {OPTIONS[option].needs}")
+                continue
             spec = {"dataset": dataset, "option": option, "jobs": args.jobs, "smoke": args.smoke,
                     "repeats": args.repeats,
                     "n_labeled": SMOKE["labeled"] if args.smoke else final, "data_dir": args.data_dir}

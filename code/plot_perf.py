@@ -174,14 +174,14 @@ def strategy_table(dataset: str, df, stats, areas, strategies) -> list[str]:
     if published:
         head.append(f"labels to {published}")
     finals = final_values(df)
-    last_mean = {s: stats[stats.strategy == s].sort_values("n_labeled")["mean"].iloc[-1]
-                 for s in strategies}
-    ranked = sorted(strategies, key=lambda s: -last_mean[s])
+    final_mean = finals.groupby("strategy").macro_f1.mean()
+    # Strategies that have not reached the grid's final budget yet come last, unranked.
+    ranked = sorted(strategies, key=lambda s: (s not in final_mean, -final_mean.get(s, 0.0)))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rank, s in enumerate(ranked, 1):
         st = stats[stats.strategy == s].sort_values("n_labeled")
         a = areas[areas.strategy == s].aubc
-        cells = [str(rank), s, str(st.n_labeled.iloc[-1]),
+        cells = [str(rank) if s in final_mean else "-", s, str(st.n_labeled.iloc[-1]),
                  f"{fmt(st['mean'].iloc[-1], st['std'].iloc[-1])} ({st.n.iloc[-1]})",
                  *["-" if s == r else fmt_p(paired_wilcoxon(finals, "macro_f1", s, r)) for r in references],
                  fmt(a.mean(), a.std()),
@@ -272,15 +272,25 @@ def compare_folders(folder_a: Path, folder_b: Path) -> list[str]:
     """Each strategy run in both folders (e.g. two configs of one dataset), paired by seed.
 
     Rows: final macro-F1 and AUBC (mean ± std) in each folder and the two-sided Wilcoxon
-    signed-rank p-value over the seeds both folders ran. Only runs that completed count.
+    signed-rank p-value over the seeds both folders ran. Only runs that completed count, and
+    both folders must end at the same budget.
     """
-    frames = {}
+    frames, finals = {}, {}
     for tag, folder in (("a", folder_a), ("b", folder_b)):
-        runs = [r for r in load_runs(folder)[0] if r["complete"]]
+        loaded, problems = load_runs(folder)
+        runs = [r for r in loaded if r["complete"]]
+        for p in problems:
+            print(f"warning: skipped invalid run file: {p}", file=sys.stderr)
+        if len(runs) < len(loaded):
+            print(f"note: {folder}: {len(loaded) - len(runs)} incomplete run(s) left out", file=sys.stderr)
         if not runs:
             raise InvalidRunFile(f"{folder}: no complete run files (<strategy>_seed<k>.json)")
         df = curves(runs)
         frames[tag] = (final_values(df), aubc(df))
+        finals[tag] = int(df.n_labeled.max())
+    if finals["a"] != finals["b"]:
+        raise InvalidRunFile(f"{folder_a} ends at {finals['a']} labels and {folder_b} at {finals['b']}: "
+                             "final F1 and AUBC would compare different budgets")
     shared = sorted(set(frames["a"][0].strategy) & set(frames["b"][0].strategy))
     if not shared:
         raise InvalidRunFile(f"{folder_a} and {folder_b} have no strategy in common")
@@ -334,8 +344,9 @@ def summarize_dataset(folder: Path, out_dir: Path) -> str | None:
              "## Strategies, ranked by final macro-F1", "",
              *strategy_table(dataset, df, stats, areas, strategies), "",
              "AUBC: area under the macro-F1 vs labels curve divided by the label range. p: two-sided "
-             "Wilcoxon signed-rank test over paired seeds (same initial labeled set per seed); "
-             "with 10 seeds the smallest possible p is 0.002.", "",
+             "Wilcoxon signed-rank test over paired seeds (same initial labeled set per seed); with "
+             "n pairs the smallest possible p is 2 / 2^n (0.002 for 10, 0.0625 for 5). Unranked (-): "
+             "runs that have not reached the final budget yet.", "",
              "## Macro-F1 per budget (mean ± std, seeds)", "", *budget_table(df, stats, strategies), "",
              "## Compute time (from the steps' own timers; one process per run)", "",
              *time_table(df, strategies), "",

@@ -68,7 +68,6 @@ class GridOutcome:
 # --------------------------------------------------------------------------- in the workers
 _CONFIGURED_THREADS: int | None = None
 _IN_POOL_WORKER = False      # set by the local pool's initializer, never in the driver
-_FAST_EXIT_REGISTERED = False
 
 
 def run_task(task, load_data: Callable, build_model: Callable, progress, threads: int) -> dict:
@@ -79,27 +78,28 @@ def run_task(task, load_data: Callable, build_model: Callable, progress, threads
     if _CONFIGURED_THREADS is None:
         experiment.configure_tensorflow(threads)
         _CONFIGURED_THREADS = threads
-    result = experiment.execute_task(task, load_data, build_model, progress)
-    if _IN_POOL_WORKER:
-        skip_finalization_at_exit()
-    return result
+    try:
+        return experiment.execute_task(task, load_data, build_model, progress)
+    finally:  # also after a failed task: TensorFlow has started in this worker either way
+        if _IN_POOL_WORKER:
+            skip_finalization_at_exit()
 
 
 def skip_finalization_at_exit() -> None:
     """Make this worker process end with ``os._exit(0)`` as soon as it starts shutting down.
 
-    A spawned worker that has run TensorFlow can hang in native code during interpreter
-    finalization: after a full MIT-BIH grid both workers sat there about 70 s, with every
-    result already written, and had to be killed. Nothing is left to do at that point:
+    A spawned worker that has run TensorFlow can hang at shutdown: after a full MIT-BIH grid
+    both workers sat about 70 s in native code, with every result already written, and had to
+    be killed. Where exactly was not captured; this skips the atexit handlers registered before
+    it and the interpreter's and C++ teardown, not multiprocessing's own finalizers nor the join
+    of non-daemon threads, which run earlier. Nothing is left to do at that point:
     result files are written atomically during the run, and ``Process._bootstrap`` has
     flushed multiprocessing's queues (``util._exit_function``) before ``atexit`` handlers
     run. Registered after TensorFlow's own handlers (``atexit`` runs the newest first), so
     it runs before them. Only for local pool workers: never called in the driver.
     """
-    global _FAST_EXIT_REGISTERED
-    if not _FAST_EXIT_REGISTERED:
-        atexit.register(_flush_and_exit)
-        _FAST_EXIT_REGISTERED = True
+    atexit.unregister(_flush_and_exit)  # re-registered after each task: stays the newest handler
+    atexit.register(_flush_and_exit)
 
 
 def _flush_and_exit() -> None:

@@ -119,13 +119,27 @@ def test_summary_strategy_table_has_final_f1_aubc_and_labels_to_random_final(res
     assert cell("random", "labels to random's final (0.7000)") == "40"
 
 
-def test_other_strategies_get_their_own_plot_and_the_reproduction_plot_stays(results):
+def test_other_strategies_get_their_own_plot_and_the_reproduction_plot_stays(results, monkeypatch):
+    plotted = []
+    monkeypatch.setattr(plot_perf, "plot_curves",
+                        lambda dataset, stats, strategies, path: plotted.append((path.name, strategies)))
     assert summarize(results)[0] == 0
-    assert not (results / "toy_strategies.png").exists()  # random and entropy only
+    assert plotted == [("toy_perf.png", ["random", "entropy"])]
     for seed in range(3):
         write_run(results / "toy", run_dict("margin", seed, [0.4, 0.5, 0.8]))
+    plotted.clear()
     assert summarize(results)[0] == 0
-    assert (results / "toy_strategies.png").read_bytes()[:4] == b"\x89PNG"
+    assert plotted == [("toy_perf.png", ["random", "entropy"]),
+                       ("toy_strategies.png", ["random", "entropy", "margin"])]
+
+
+def test_a_strategy_short_of_the_final_budget_is_listed_unranked(results):
+    for seed in range(3):  # best F1 of all so far, but only up to 30 labels
+        write_run(results / "toy", run_dict("margin", seed, [0.4, 0.95], complete=False))
+    _, summary = summarize(results)
+    assert table_cell(summary, "margin", "rank", "## Strategies") == "-"
+    assert table_cell(summary, "entropy", "rank", "## Strategies") == "1"
+    assert table_cell(summary, "random", "rank", "## Strategies") == "2"
 
 
 def test_strategy_table_ranks_by_final_f1_with_p_values_vs_random_and_entropy(results):
@@ -324,3 +338,12 @@ def test_compare_without_common_runs_is_a_clear_error(results, tmp_path, capsys)
     (tmp_path / "empty").mkdir()
     assert plot_perf.main(["--compare", str(tmp_path / "empty"), str(results / "toy")]) == 1
     assert "no complete run files" in capsys.readouterr().err
+    write_run(tmp_path / "margin_only", run_dict("margin", 0, [0.4, 0.5, 0.6]))
+    assert plot_perf.main(["--compare", str(tmp_path / "margin_only"), str(results / "toy")]) == 1
+    assert "no strategy in common" in capsys.readouterr().err
+
+
+def test_compare_refuses_folders_that_end_at_different_budgets(results, tmp_path, capsys):
+    write_run(tmp_path / "longer", run_dict("entropy", 0, [0.4, 0.5, 0.6, 0.7], n_steps=3))
+    assert plot_perf.main(["--compare", str(tmp_path / "longer"), str(results / "toy")]) == 1
+    assert "ends at 50 labels" in capsys.readouterr().err

@@ -94,6 +94,13 @@ def test_only_pool_workers_ask_for_the_fast_exit(monkeypatch):
     runner.run_task(None, None, None, None, 1)
     assert calls == [1]
 
+    def failing_task(*args):
+        raise RuntimeError("task failed")
+    monkeypatch.setattr(experiment, "execute_task", failing_task)
+    with pytest.raises(RuntimeError, match="task failed"):
+        runner.run_task(None, None, None, None, 1)
+    assert calls == [1, 1]  # a failed task has started TensorFlow too
+
 
 def test_unknown_backend_and_misplaced_address_are_refused(tmp_path):
     tasks = grid(tmp_path, tmp_path)
