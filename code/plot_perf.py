@@ -325,7 +325,9 @@ def summarize_dataset(folder: Path, out_dir: Path) -> str | None:
         return None
     df = curves(runs)
     stats = mean_std(df)
-    areas = aubc(df)
+    # AUBC only over runs that reached the final budget: a partial run's area covers fewer,
+    # earlier (lower) budgets and would drag its strategy's mean down.
+    areas = aubc(df).merge(final_values(df)[["strategy", "seed"]], on=["strategy", "seed"])
     order = [BASELINE] if BASELINE in set(df.strategy) else []
     strategies = order + sorted(set(df.strategy) - {BASELINE})
     incomplete = [f"{r['strategy']}_seed{r['seed']} ({len(r['steps'])} of "
@@ -345,8 +347,8 @@ def summarize_dataset(folder: Path, out_dir: Path) -> str | None:
              *strategy_table(dataset, df, stats, areas, strategies), "",
              "AUBC: area under the macro-F1 vs labels curve divided by the label range. p: two-sided "
              "Wilcoxon signed-rank test over paired seeds (same initial labeled set per seed); with "
-             "n pairs the smallest possible p is 2 / 2^n (0.002 for 10, 0.0625 for 5). Unranked (-): "
-             "runs that have not reached the final budget yet.", "",
+             "n pairs the smallest possible p is 2 / 2^n (0.002 for 10, 0.0625 for 5). Final F1 and "
+             "AUBC count only the runs that reached the final budget; unranked (-): none has yet.", "",
              "## Macro-F1 per budget (mean ± std, seeds)", "", *budget_table(df, stats, strategies), "",
              "## Compute time (from the steps' own timers; one process per run)", "",
              *time_table(df, strategies), "",

@@ -138,6 +138,7 @@ def test_a_strategy_short_of_the_final_budget_is_listed_unranked(results):
         write_run(results / "toy", run_dict("margin", seed, [0.4, 0.95], complete=False))
     _, summary = summarize(results)
     assert table_cell(summary, "margin", "rank", "## Strategies") == "-"
+    assert table_cell(summary, "margin", "AUBC", "## Strategies") == "-"  # no complete run yet
     assert table_cell(summary, "entropy", "rank", "## Strategies") == "1"
     assert table_cell(summary, "random", "rank", "## Strategies") == "2"
 
@@ -170,6 +171,8 @@ def test_incomplete_run_is_listed_as_incomplete(results):
     write_run(results / "toy", run_dict("entropy", 3, [0.4, 0.6], complete=False))
     code, summary = summarize(results)
     assert code == 0
+    # Its AUBC (over 20..30 labels only) stays out of the strategy's mean: still 0.675 over 3 seeds.
+    assert table_cell(summary, "entropy", "AUBC", "## Strategies") == "0.6750 ± 0.0500"
     assert "entropy_seed3 (2 of 3 steps)" in summary
     # Used up to its last step: 4 entropy seeds at 30 labels, 3 at 40.
     assert table_row(summary, "30", "## Macro-F1 per budget")[2].endswith("(4)")
