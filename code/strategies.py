@@ -408,7 +408,8 @@ def _compiled(fn):
 
 
 def mc_predict_proba(model, x: np.ndarray, mc_passes: int, rng: np.random.Generator,
-                     batch_size: int = PREDICT_BATCH_SIZE, strategy: str = "MC dropout") -> np.ndarray:
+                     batch_size: int = PREDICT_BATCH_SIZE, strategy: str = "MC dropout",
+                     graph: bool = True) -> np.ndarray:
     """Class probabilities of ``mc_passes`` stochastic forward passes with dropout active.
 
     The layers before the first Dropout are deterministic and run once per batch; their
@@ -416,6 +417,8 @@ def mc_predict_proba(model, x: np.ndarray, mc_passes: int, rng: np.random.Genera
     runs once on the tiled batch (vectorized passes). Pool batches hold
     ``batch_size // mc_passes`` samples so a call never sees more than ``batch_size`` rows.
     Dropout masks are seeded from ``rng``: same ``rng`` state, same probabilities.
+    ``graph=False`` calls the layers one by one in eager mode instead of as graph functions:
+    the same probabilities, slower (``code/bench_scoring.py`` times both).
 
     Raises ``TypeError`` for a non-Sequential model and ``ValueError`` when the model has no
     Dropout layer with a positive rate (every pass would be identical).
@@ -437,8 +440,9 @@ def mc_predict_proba(model, x: np.ndarray, mc_passes: int, rng: np.random.Genera
             "equals plain entropy. Add dropout to the model or use another strategy."
         )
     seed = keras.random.SeedGenerator(int(rng.integers(2 ** 31 - 1)))
-    head = _compiled(lambda v: _forward(layers[:first], v))
-    tail = _compiled(lambda v: _forward(layers[first:], v, seed))
+    compiled = _compiled if graph else (lambda fn: fn)
+    head = compiled(lambda v: _forward(layers[:first], v))
+    tail = compiled(lambda v: _forward(layers[first:], v, seed))
     n_classes = model.output_shape[-1]
     out = np.empty((mc_passes, len(x), n_classes))
     rows = max(1, batch_size // mc_passes)
@@ -497,6 +501,7 @@ class MCDropoutStrategy(QueryStrategy):
     """
 
     mc_passes = MC_PASSES
+    graph = True  # False: eager passes, same scores, slower (a benchmark switch)
 
     def __init__(self, mc_passes: int | None = None):
         if mc_passes is not None:
@@ -507,7 +512,8 @@ class MCDropoutStrategy(QueryStrategy):
 
     def select(self, model, x_unlabeled, batch_size, rng, x_labeled=None):
         check_batch(len(x_unlabeled), batch_size)
-        mc_probs = mc_predict_proba(model, x_unlabeled, self.mc_passes, rng, strategy=self.name)
+        mc_probs = mc_predict_proba(model, x_unlabeled, self.mc_passes, rng, strategy=self.name,
+                                    graph=self.graph)
         return top_k_positions(self.score_mc(mc_probs), batch_size)
 
 

@@ -1,0 +1,172 @@
+"""Selection cost side by side: every strategy picking one batch from a dataset's pool.
+
+Run by hand (not in CI)::
+
+    python code/bench_scoring.py                                  # both datasets, all strategies
+    python code/bench_scoring.py --datasets mitbih --strategies bald,entropy_mc
+    python code/bench_scoring.py --smoke                          # seconds; tests the script only
+
+Training and evaluation cost the same for every strategy; what a strategy adds to a step is
+its ``select`` call on the unlabeled pool. For each dataset this builds the script's model
+(untrained: the cost of a forward pass does not depend on the weights), labels a random set
+of the protocol's final budget (``default_rng(0)``), and times ``select`` of one batch on
+the rest of the training set (or its first ``--pool-size`` samples), in one spawned process
+configured like a protocol worker (``cpu_count // jobs`` TensorFlow threads), after one
+untimed call per strategy. ``bald`` and ``entropy_mc`` are also timed with their MC passes
+run layer by layer in eager mode (``graph = False``), the way this project ran them before.
+Writes ``<out-dir>/bench_scoring.md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import os
+import shlex
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import benchmark
+from data_common import resolve_repo_path
+
+SMOKE_POOL = 512
+EAGER = " (eager MC passes)"
+
+
+def variants(names: list[str]) -> list[str]:
+    """The strategies to time, each MC-dropout one followed by its eager variant."""
+    import strategies
+    out = []
+    for name in names:
+        out.append(name)
+        if isinstance(strategies.get_strategy(name), strategies.MCDropoutStrategy):
+            out.append(name + EAGER)
+    return out
+
+
+def make_strategy(variant: str):
+    import strategies
+    strategy = strategies.get_strategy(variant.removesuffix(EAGER))
+    if variant.endswith(EAGER):
+        strategy.graph = False
+    return strategy
+
+
+def measure_dataset(specs: list[dict]) -> list[dict]:
+    """Worker entry point: every variant of one dataset (``specs`` holds one spec)."""
+    import experiment
+    import keras
+    import tensorflow as tf
+    faulthandler.enable()
+    spec = specs[0]
+    threads = max(1, (os.cpu_count() or 1) // spec["jobs"])
+    experiment.configure_tensorflow(threads)
+    module = benchmark.script_module(spec["dataset"])
+    config = benchmark.default_config(module)
+    protocol = benchmark.protocol_of(module)
+    data = module.load_data(config, spec["data_dir"])
+    n_labeled = protocol["start_size"] + protocol["n_steps"] * protocol["batch_size"]
+    labeled = np.random.default_rng(0).choice(len(data.x_train), n_labeled, replace=False)
+    pool = np.setdiff1d(np.arange(len(data.x_train)), labeled)[:spec["pool_size"] or None]
+    x_pool, x_labeled = data.x_train[pool], data.x_train[labeled]
+    keras.utils.set_random_seed(0)
+    model = module.build_model(config, data.x_train.shape[1:], len(data.class_names))
+    rows = []
+    for variant in spec["variants"]:
+        strategy = make_strategy(variant)
+        seconds = []
+        for repeat in range(1 + spec["repeats"]):  # the first call is untimed (graph tracing)
+            t0 = time.perf_counter()
+            strategy.select(model, x_pool, protocol["batch_size"], np.random.default_rng(repeat),
+                            x_labeled=x_labeled)
+            if repeat:
+                seconds.append(time.perf_counter() - t0)
+        rows.append({"dataset": spec["dataset"], "strategy": variant, "pool": len(pool),
+                     "labeled": n_labeled, "batch_size": protocol["batch_size"], "threads": threads,
+                     "select_seconds": min(seconds), "select_seconds_repeats": seconds,
+                     "tensorflow": tf.__version__,
+                     "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]})
+        print(f"{spec['dataset']:>6} {variant:>32}: {min(seconds):7.2f} s", flush=True)
+    return rows
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Selection cost per step: each strategy picking one batch", "",
+             f"- Command: `{report['command']}`",
+             f"- Machine: {report['cpu_cores']} CPU cores ({report['cpu_model']}), TensorFlow "
+             f"{report['tensorflow']}, GPU: {', '.join(report['gpus']) or 'none'}",
+             f"- Date: {report['created_at']}, code at {report['git_commit']}",
+             "- Seconds: the fastest of the repeats (all in the JSON), after one untimed call.", "",
+             "| dataset | pool | labeled | strategy | threads | select s | time vs entropy |",
+             "|---|---:|---:|---|---:|---:|---:|"]
+    for m in report["measurements"]:
+        base = next((b for b in report["measurements"]
+                     if b["dataset"] == m["dataset"] and b["strategy"] == "entropy"), None)
+        vs = f"{m['select_seconds'] / base['select_seconds']:.1f}x" if base else "-"
+        lines.append(f"| {m['dataset']} | {m['pool']} | {m['labeled']} | {m['strategy']} | "
+                     f"{m['threads']} | {m['select_seconds']:.2f} | {vs} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    import strategies
+    names = list(strategies.STRATEGIES)
+    parser = argparse.ArgumentParser(prog="python code/bench_scoring.py",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", default=",".join(benchmark.DATASETS), metavar="A,B")
+    parser.add_argument("--strategies", default=",".join(names), metavar="A,B",
+                        help=f"strategies to time (default all: {', '.join(names)})")
+    parser.add_argument("--pool-size", type=int, default=0, metavar="N",
+                        help="time on the first N pool samples (default 0: the whole pool)")
+    parser.add_argument("--jobs", type=int, default=2, metavar="J",
+                        help="protocol jobs a worker is configured for: threads = cpu_count // J (default 2)")
+    parser.add_argument("--repeats", type=int, default=2, metavar="R",
+                        help="timed calls per strategy; the table shows the fastest (default 2)")
+    parser.add_argument("--data-dir", default=None, metavar="DIR")
+    parser.add_argument("--out-dir", default=None, metavar="DIR",
+                        help="where bench_scoring.md/.json go (default results/; --smoke: a temporary folder)")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"a pool of {SMOKE_POOL}, one repeat: tests the script only")
+    args = parser.parse_args(argv)
+    args.datasets = [d for d in args.datasets.split(",") if d]
+    args.strategies = [s for s in args.strategies.split(",") if s]
+    bad = sorted(set(args.datasets) - set(benchmark.DATASETS)) + sorted(set(args.strategies) - set(names))
+    if bad or not args.datasets or not args.strategies:
+        parser.error(f"unknown or missing datasets or strategies {bad}; datasets: "
+                     f"{', '.join(benchmark.DATASETS)}; strategies: {', '.join(names)}")
+    if args.jobs < 1 or args.repeats < 1 or args.pool_size < 0:
+        parser.error("--jobs and --repeats must be >= 1 and --pool-size >= 0")
+    if args.smoke:
+        args.pool_size, args.repeats = SMOKE_POOL, 1
+    return args
+
+
+def main(argv=None) -> dict:
+    from al_loop import git_commit, write_json_atomic
+    args = parse_args(argv)
+    if args.out_dir is None:
+        args.out_dir = tempfile.mkdtemp(prefix="bench_scoring_smoke_") if args.smoke else "results"
+    args.out_dir = resolve_repo_path(args.out_dir)
+    command = "python code/bench_scoring.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
+    measurements = []
+    for dataset in args.datasets:
+        spec = {"dataset": dataset, "kind": "selection", "n_labeled": "final budget",
+                "variants": variants(args.strategies), "jobs": args.jobs,
+                "repeats": args.repeats, "pool_size": args.pool_size, "data_dir": args.data_dir}
+        measurements += benchmark.in_fresh_process([spec], measure_dataset)
+    report = {"command": command.strip(), "cpu_cores": os.cpu_count(), "cpu_model": benchmark.cpu_model(),
+              "tensorflow": measurements[0]["tensorflow"], "gpus": measurements[0]["gpus"],
+              "git_commit": git_commit(), "created_at": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+              "smoke": args.smoke, "measurements": measurements}
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out_dir / "bench_scoring.json", report)
+    (args.out_dir / "bench_scoring.md").write_text(markdown(report))
+    print(f"wrote {args.out_dir / 'bench_scoring.md'} and bench_scoring.json")
+    return report
+
+
+if __name__ == "__main__":
+    main()
