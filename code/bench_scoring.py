@@ -9,12 +9,14 @@ Run by hand (not in CI)::
 Training and evaluation cost the same for every strategy; what a strategy adds to a step is
 its ``select`` call on the unlabeled pool. For each dataset this builds the script's model
 (untrained: the cost of a forward pass does not depend on the weights), labels a random set
-of the protocol's final budget (``default_rng(0)``), and times ``select`` of one batch on
-the rest of the training set (or its first ``--pool-size`` samples), in one spawned process
-configured like a protocol worker (``cpu_count // jobs`` TensorFlow threads), after one
-untimed call per strategy. ``bald`` and ``entropy_mc`` are also timed with their MC passes
-run layer by layer in eager mode (``graph = False``), the way this project ran them before.
-Writes ``<out-dir>/bench_scoring.md`` and ``.json``.
+of the protocol's final budget (``default_rng(LABEL_SEED)``), and times ``select`` of one
+batch on the rest of the training set (or its first ``--pool-size`` samples), in one spawned
+process configured like a protocol worker (``cpu_count // jobs`` TensorFlow threads), after
+one untimed warm-up call per strategy (TensorFlow's one-time start-up; graph tracing is paid
+on every call, as in a protocol step). ``bald`` and ``entropy_mc`` are also timed with their
+MC passes run layer by layer in eager mode (``graph = False``), the way this project ran them
+before; the table says whether both modes picked the same batch. Writes
+``<out-dir>/bench_scoring.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -27,9 +29,8 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 import benchmark
+import numpy as np
 from data_common import resolve_repo_path
 
 SMOKE_POOL = 512
@@ -69,45 +70,50 @@ def measure_dataset(specs: list[dict]) -> list[dict]:
     protocol = benchmark.protocol_of(module)
     data = module.load_data(config, spec["data_dir"])
     n_labeled = protocol["start_size"] + protocol["n_steps"] * protocol["batch_size"]
-    labeled = np.random.default_rng(0).choice(len(data.x_train), n_labeled, replace=False)
+    labeled = np.random.default_rng(benchmark.LABEL_SEED).choice(len(data.x_train), n_labeled,
+                                                                  replace=False)
     pool = np.setdiff1d(np.arange(len(data.x_train)), labeled)[:spec["pool_size"] or None]
     x_pool, x_labeled = data.x_train[pool], data.x_train[labeled]
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(benchmark.LABEL_SEED)
     model = module.build_model(config, data.x_train.shape[1:], len(data.class_names))
     rows = []
     for variant in spec["variants"]:
         strategy = make_strategy(variant)
         seconds = []
-        for repeat in range(1 + spec["repeats"]):  # the first call is untimed (graph tracing)
-            t0 = time.perf_counter()
-            strategy.select(model, x_pool, protocol["batch_size"], np.random.default_rng(repeat),
-                            x_labeled=x_labeled)
+        for repeat in range(1 + spec["repeats"]):  # the first call is an untimed warm-up
+            t0 = time.perf_counter()  # the same rng every call: the same batch every call
+            picked = strategy.select(model, x_pool, protocol["batch_size"], np.random.default_rng(0),
+                                     x_labeled=x_labeled)
             if repeat:
                 seconds.append(time.perf_counter() - t0)
         rows.append({"dataset": spec["dataset"], "strategy": variant, "pool": len(pool),
                      "labeled": n_labeled, "batch_size": protocol["batch_size"], "threads": threads,
                      "select_seconds": min(seconds), "select_seconds_repeats": seconds,
+                     "picked": sorted(int(i) for i in picked),
                      "tensorflow": tf.__version__,
                      "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]})
-        print(f"{spec['dataset']:>6} {variant:>32}: {min(seconds):7.2f} s", flush=True)
     return rows
 
 
 def markdown(report: dict) -> str:
     lines = ["# Selection cost per step: each strategy picking one batch", "",
              f"- Command: `{report['command']}`",
-             f"- Machine: {report['cpu_cores']} CPU cores ({report['cpu_model']}), TensorFlow "
-             f"{report['tensorflow']}, GPU: {', '.join(report['gpus']) or 'none'}",
+             (f"- Machine: {report['cpu_cores']} CPU cores ({report['cpu_model']}), TensorFlow "
+              f"{report['tensorflow']}, GPU: {', '.join(report['gpus']) or 'none'}"),
              f"- Date: {report['created_at']}, code at {report['git_commit']}",
-             "- Seconds: the fastest of the repeats (all in the JSON), after one untimed call.", "",
-             "| dataset | pool | labeled | strategy | threads | select s | time vs entropy |",
-             "|---|---:|---:|---|---:|---:|---:|"]
-    for m in report["measurements"]:
-        base = next((b for b in report["measurements"]
-                     if b["dataset"] == m["dataset"] and b["strategy"] == "entropy"), None)
-        vs = f"{m['select_seconds'] / base['select_seconds']:.1f}x" if base else "-"
+             ("- Seconds: the fastest of the repeats (all in the JSON), after one untimed call. "
+              "Same batch: whether the eager MC passes picked the batch the graph passes picked."), "",
+             "| dataset | pool | labeled | strategy | threads | select s | time vs entropy | same batch |",
+             "|---|---:|---:|---|---:|---:|---:|---|"]
+    rows = report["measurements"]
+    for m in rows:
+        base = next((b for b in rows if b["dataset"] == m["dataset"] and b["strategy"] == "entropy"), None)
+        vs = f"{m['select_seconds'] / base['select_seconds']:.2f}x" if base else "-"
+        graph = next((g for g in rows if g["dataset"] == m["dataset"]
+                      and g["strategy"] == m["strategy"].removesuffix(EAGER)), m)
+        same = ("yes" if graph["picked"] == m["picked"] else "no") if graph is not m else ""
         lines.append(f"| {m['dataset']} | {m['pool']} | {m['labeled']} | {m['strategy']} | "
-                     f"{m['threads']} | {m['select_seconds']:.2f} | {vs} |")
+                     f"{m['threads']} | {m['select_seconds']:.2f} | {vs} | {same} |")
     return "\n".join(lines) + "\n"
 
 
@@ -132,13 +138,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"a pool of {SMOKE_POOL}, one repeat: tests the script only")
     args = parser.parse_args(argv)
     args.datasets = [d for d in args.datasets.split(",") if d]
-    args.strategies = [s for s in args.strategies.split(",") if s]
+    args.strategies = list(dict.fromkeys(s for s in args.strategies.split(",") if s))
     bad = sorted(set(args.datasets) - set(benchmark.DATASETS)) + sorted(set(args.strategies) - set(names))
     if bad or not args.datasets or not args.strategies:
         parser.error(f"unknown or missing datasets or strategies {bad}; datasets: "
                      f"{', '.join(benchmark.DATASETS)}; strategies: {', '.join(names)}")
-    if args.jobs < 1 or args.repeats < 1 or args.pool_size < 0:
-        parser.error("--jobs and --repeats must be >= 1 and --pool-size >= 0")
+    batch = max(benchmark.protocol_of(benchmark.script_module(d))["batch_size"] for d in args.datasets)
+    if args.jobs < 1 or args.repeats < 1 or not (args.pool_size == 0 or args.pool_size >= batch):
+        parser.error(f"--jobs and --repeats must be >= 1, --pool-size 0 (whole pool) or at least "
+                     f"the batch size ({batch})")
     if args.smoke:
         args.pool_size, args.repeats = SMOKE_POOL, 1
     return args
@@ -153,10 +161,12 @@ def main(argv=None) -> dict:
     command = "python code/bench_scoring.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
     measurements = []
     for dataset in args.datasets:
-        spec = {"dataset": dataset, "kind": "selection", "n_labeled": "final budget",
-                "variants": variants(args.strategies), "jobs": args.jobs,
+        spec = {"dataset": dataset, "variants": variants(args.strategies), "jobs": args.jobs,
                 "repeats": args.repeats, "pool_size": args.pool_size, "data_dir": args.data_dir}
-        measurements += benchmark.in_fresh_process([spec], measure_dataset)
+        rows = benchmark.in_fresh_process([spec], measure_dataset)
+        for m in rows:
+            print(f"{dataset:>6} {m['strategy']:>32}: {m['select_seconds']:7.2f} s", flush=True)
+        measurements += rows
     report = {"command": command.strip(), "cpu_cores": os.cpu_count(), "cpu_model": benchmark.cpu_model(),
               "tensorflow": measurements[0]["tensorflow"], "gpus": measurements[0]["gpus"],
               "git_commit": git_commit(), "created_at": time.strftime("%Y-%m-%d %H:%M:%S %z"),

@@ -523,8 +523,8 @@ def in_fresh_process(specs: list[dict], worker: Callable = run_measurements) -> 
         try:
             return pool.submit(worker, specs).result()
         except BrokenProcessPool:
-            which = ", ".join(f"{s['dataset']} {s.get('kind', s.get('option'))} {s['n_labeled']}"
-                              for s in specs)
+            which = ", ".join(" ".join(str(s[k]) for k in ("dataset", "kind", "option", "n_labeled")
+                                       if k in s) for s in specs)
             raise RuntimeError(f"the worker process measuring {which} died (killed, out of memory, "
                                "or a native crash: see its stderr above); rerun the benchmark") from None
 

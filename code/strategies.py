@@ -396,9 +396,9 @@ def _forward(layers: list, x, seed=None):
 def _compiled(fn):
     """``fn`` as a TensorFlow graph function on the TensorFlow backend, else ``fn`` itself.
 
-    Graph mode lets TensorFlow fuse each convolution with its BatchNorm and ReLU: the MC
-    passes on the MIT-BIH net ran about 1.5x faster than layer-by-layer eager calls, with
-    bit-identical probabilities (same stateless dropout masks from the same seed).
+    Graph mode lets TensorFlow's optimizer fuse each convolution with its BatchNorm and
+    ReLU; the graph is traced again on every call (fresh model, new pool batch shapes), which
+    costs about a second and pays off on a whole pool (``code/bench_scoring.py``).
     """
     import keras
     if keras.backend.backend() != "tensorflow":
@@ -417,8 +417,11 @@ def mc_predict_proba(model, x: np.ndarray, mc_passes: int, rng: np.random.Genera
     runs once on the tiled batch (vectorized passes). Pool batches hold
     ``batch_size // mc_passes`` samples so a call never sees more than ``batch_size`` rows.
     Dropout masks are seeded from ``rng``: same ``rng`` state, same probabilities.
-    ``graph=False`` calls the layers one by one in eager mode instead of as graph functions:
-    the same probabilities, slower (``code/bench_scoring.py`` times both).
+    On the TensorFlow backend the passes of a batch run as one graph function; ``graph=False``
+    calls the layers one by one in eager mode instead: the same dropout masks, so the same
+    probabilities up to float32 rounding (bit-identical on the MIT-BIH net in our check),
+    slower on a large pool (``code/bench_scoring.py`` times both). Other backends always run
+    eagerly.
 
     Raises ``TypeError`` for a non-Sequential model and ``ValueError`` when the model has no
     Dropout layer with a positive rate (every pass would be identical).
@@ -440,17 +443,19 @@ def mc_predict_proba(model, x: np.ndarray, mc_passes: int, rng: np.random.Genera
             "equals plain entropy. Add dropout to the model or use another strategy."
         )
     seed = keras.random.SeedGenerator(int(rng.integers(2 ** 31 - 1)))
-    compiled = _compiled if graph else (lambda fn: fn)
-    head = compiled(lambda v: _forward(layers[:first], v))
-    tail = compiled(lambda v: _forward(layers[first:], v, seed))
+
+    def stochastic_passes(part):
+        h = _forward(layers[:first], part)
+        h = keras.ops.tile(h, [mc_passes] + [1] * (len(h.shape) - 1))
+        return _forward(layers[first:], h, seed)
+
+    passes = _compiled(stochastic_passes) if graph else stochastic_passes
     n_classes = model.output_shape[-1]
     out = np.empty((mc_passes, len(x), n_classes))
     rows = max(1, batch_size // mc_passes)
     for start in range(0, len(x), rows):
         part = x[start:start + rows]
-        h = head(part)
-        h = keras.ops.tile(h, [mc_passes] + [1] * (len(h.shape) - 1))
-        probs = keras.ops.convert_to_numpy(tail(h))
+        probs = keras.ops.convert_to_numpy(passes(part))
         out[:, start:start + len(part)] = probs.reshape(mc_passes, len(part), n_classes)
     return out
 
@@ -501,7 +506,7 @@ class MCDropoutStrategy(QueryStrategy):
     """
 
     mc_passes = MC_PASSES
-    graph = True  # False: eager passes, same scores, slower (a benchmark switch)
+    graph = True  # False: eager passes, same scores, slower (a benchmark switch; TF backend only)
 
     def __init__(self, mc_passes: int | None = None):
         if mc_passes is not None:

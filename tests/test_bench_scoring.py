@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
-
 import bench_scoring
+import pytest
 
 
 def test_mc_dropout_strategies_are_also_timed_with_eager_passes():
@@ -17,15 +16,18 @@ def test_mc_dropout_strategies_are_also_timed_with_eager_passes():
     assert bench_scoring.make_strategy("bald").graph is True
     eager = bench_scoring.make_strategy("entropy_mc" + bench_scoring.EAGER)
     assert eager.name == "entropy_mc" and eager.graph is False
-    assert bench_scoring.make_strategy("bald").graph is True  # the switch is per instance
+    # the switch is per instance: the classes keep graph mode
+    assert bench_scoring.make_strategy("entropy_mc").graph is True
+    assert bench_scoring.make_strategy("bald").graph is True
 
 
 def test_unknown_names_and_bad_numbers_are_refused(capsys):
     for bad in (["--strategies", "bait"], ["--datasets", "cifar"], ["--jobs", "0"],
-                ["--repeats", "0"], ["--pool-size", "-1"], ["--strategies", ","]):
+                ["--repeats", "0"], ["--pool-size", "-1"], ["--pool-size", "100"], ["--strategies", ","]):
         with pytest.raises(SystemExit):
             bench_scoring.parse_args(bad)
     assert "bait" in capsys.readouterr().err
+    assert bench_scoring.parse_args(["--strategies", "bald,margin,bald"]).strategies == ["bald", "margin"]
 
 
 def test_smoke_run_writes_one_row_per_variant(tmp_path):
@@ -40,4 +42,6 @@ def test_smoke_run_writes_one_row_per_variant(tmp_path):
     assert json.loads((tmp_path / "bench_scoring.json").read_text())["measurements"][3]["strategy"] == "coreset"
     table = (tmp_path / "bench_scoring.md").read_text()
     threads = max(1, (os.cpu_count() or 1) // 2)  # configured like one of 2 protocol jobs
-    assert f"| mnist | 512 | 1408 | bald (eager MC passes) | {threads} |" in table
+    eager_row = next(line for line in table.splitlines() if "bald (eager MC passes)" in line)
+    assert eager_row.startswith(f"| mnist | 512 | 1408 | bald (eager MC passes) | {threads} |")
+    assert eager_row.endswith("| yes |")  # graph and eager passes picked the same batch

@@ -358,15 +358,43 @@ def test_mc_passes_differ_and_are_reproducible_from_the_rng(real_model):
     assert not np.allclose(a, c)        # masks come from the rng
 
 
+def conv_model_with_dropout_between_blocks():
+    """Conv1D -> BN -> ReLU -> Dropout -> Conv1D -> pool -> Dropout -> Dense: a small MIT-BIH net."""
+    import keras
+    from keras import layers
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([
+        keras.Input(shape=(24, 1)), layers.Conv1D(4, 3), layers.BatchNormalization(),
+        layers.Activation("relu"), layers.Dropout(0.3), layers.Conv1D(6, 3),
+        layers.GlobalMaxPooling1D(), layers.Dropout(0.3), layers.Dense(8, activation="relu"),
+        layers.Dense(3, activation="softmax")])
+
+
 @pytest.mark.parametrize("batch_size", [40, 8192])
-def test_graph_mc_passes_equal_eager_layer_by_layer_passes(real_model, batch_size):
-    """Graph mode is only a speed-up: the same seed gives the same masks and probabilities,
-    and the seed state advances from one pool batch to the next as in eager mode."""
-    x = real_pool(30)
-    graph = mc_predict_proba(real_model, x, 4, np.random.default_rng(3), batch_size=batch_size)
-    eager = mc_predict_proba(real_model, x, 4, np.random.default_rng(3), batch_size=batch_size,
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_graph_mc_passes_equal_eager_layer_by_layer_passes(real_model, kind, batch_size):
+    """Graph mode is only a speed-up: the same seed gives the same masks (several Dropout
+    layers, several pool batches: the seed state advances as in eager mode), so the same
+    probabilities up to float32 rounding."""
+    if kind == "conv":
+        model = conv_model_with_dropout_between_blocks()
+        x = np.random.default_rng(0).normal(size=(30, 24, 1)).astype(np.float32)
+    else:
+        model, x = real_model, real_pool(30)
+    graph = mc_predict_proba(model, x, 4, np.random.default_rng(3), batch_size=batch_size)
+    eager = mc_predict_proba(model, x, 4, np.random.default_rng(3), batch_size=batch_size,
                              graph=False)
     np.testing.assert_allclose(graph, eager, rtol=1e-6, atol=1e-7)
+    other = mc_predict_proba(model, x, 4, np.random.default_rng(4), batch_size=batch_size)
+    assert not np.allclose(graph, other)  # the comparison can tell masks apart
+
+
+def test_graph_passes_are_a_tensorflow_function_on_the_tensorflow_backend():
+    import keras
+    import tensorflow as tf
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("graph functions are TensorFlow-only; other backends run eagerly")
+    assert isinstance(strategies._compiled(lambda v: v), tf.types.experimental.PolymorphicFunction)
 
 
 def test_mc_passes_sample_dropout_but_keep_batch_norm_in_inference_mode():
