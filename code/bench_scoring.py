@@ -24,14 +24,10 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import os
-import shlex
-import sys
-import tempfile
 import time
 
 import benchmark
 import numpy as np
-from data_common import resolve_repo_path
 
 SMOKE_POOL = 512
 EAGER = " (eager MC passes)"
@@ -127,13 +123,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"strategies to time (default all: {', '.join(names)})")
     parser.add_argument("--pool-size", type=int, default=0, metavar="N",
                         help="time on the first N pool samples (default 0: the whole pool)")
-    parser.add_argument("--jobs", type=int, default=2, metavar="J",
-                        help="protocol jobs a worker is configured for: threads = cpu_count // J (default 2)")
-    parser.add_argument("--repeats", type=int, default=2, metavar="R",
-                        help="timed calls per strategy; the table shows the fastest (default 2)")
-    parser.add_argument("--data-dir", default=None, metavar="DIR")
-    parser.add_argument("--out-dir", default=None, metavar="DIR",
-                        help="where bench_scoring.md/.json go (default results/; --smoke: a temporary folder)")
+    benchmark.add_side_by_side_arguments(
+        parser, "bench_scoring", "timed calls per strategy; the table shows the fastest (default 2)")
     parser.add_argument("--smoke", action="store_true",
                         help=f"a pool of {SMOKE_POOL}, one repeat: tests the script only")
     args = parser.parse_args(argv)
@@ -153,12 +144,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
-    from al_loop import git_commit, write_json_atomic
     args = parse_args(argv)
-    if args.out_dir is None:
-        args.out_dir = tempfile.mkdtemp(prefix="bench_scoring_smoke_") if args.smoke else "results"
-    args.out_dir = resolve_repo_path(args.out_dir)
-    command = "python code/bench_scoring.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
     measurements = []
     for dataset in args.datasets:
         spec = {"dataset": dataset, "variants": variants(args.strategies), "jobs": args.jobs,
@@ -167,16 +153,7 @@ def main(argv=None) -> dict:
         for m in rows:
             print(f"{dataset:>6} {m['strategy']:>32}: {m['select_seconds']:7.2f} s", flush=True)
         measurements += rows
-    report = {"command": command.strip(), "cpu_cores": os.cpu_count(), "cpu_model": benchmark.cpu_model(),
-              "tensorflow": measurements[0]["tensorflow"], "gpus": measurements[0]["gpus"],
-              "git_commit": git_commit(), "created_at": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-              "smoke": args.smoke, "measurements": measurements}
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out_dir / "bench_scoring.json", report)
-    (args.out_dir / "bench_scoring.md").write_text(markdown(report))
-    print(f"wrote {args.out_dir / 'bench_scoring.md'} and bench_scoring.json")
-    return report
-
+    return benchmark.write_side_by_side("bench_scoring", args, argv, measurements, markdown)
 
 if __name__ == "__main__":
     main()

@@ -21,18 +21,12 @@ import argparse
 import dataclasses
 import faulthandler
 import os
-import shlex
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
-
 import benchmark
-from data_common import resolve_repo_path
-
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -81,7 +75,6 @@ def applies(name: str, config: dict) -> bool:
 def fit_once(module, config: dict, option: str, x, y, n_classes: int):
     """Build the script's model as the loop does, recompile with the option, fit; return (model, s)."""
     import keras
-
     from al_loop import class_weights
     compile_overrides, policy = OPTIONS[option].compile, OPTIONS[option].policy
     t0 = time.perf_counter()
@@ -101,7 +94,6 @@ def measure_option(specs: list[dict]) -> list[dict]:
     """Worker entry point: one option of one dataset (``specs`` holds one spec)."""
     import experiment
     import tensorflow as tf
-
     from al_loop import evaluate
     faulthandler.enable()  # a native crash (TensorFlow) then leaves a traceback on stderr
     spec = specs[0]
@@ -159,13 +151,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--datasets", default=",".join(benchmark.DATASETS), metavar="A,B")
     parser.add_argument("--options", default=",".join(OPTIONS), metavar="A,B",
                         help=f"options to time (default all: {', '.join(OPTIONS)}); default is always included")
-    parser.add_argument("--jobs", type=int, default=2, metavar="J",
-                        help="protocol jobs a worker is configured for: threads = cpu_count // J (default 2)")
-    parser.add_argument("--repeats", type=int, default=2, metavar="R",
-                        help="fits per option (same seed); the table shows the fastest (default 2)")
-    parser.add_argument("--data-dir", default=None, metavar="DIR")
-    parser.add_argument("--out-dir", default=None, metavar="DIR",
-                        help="where bench_training.md/.json go (default results/; --smoke: a temporary folder)")
+    benchmark.add_side_by_side_arguments(
+        parser, "bench_training", "fits per option (same seed); the table shows the fastest (default 2)")
     parser.add_argument("--smoke", action="store_true", help="64 labels, 1 epoch: tests the script only")
     args = parser.parse_args(argv)
     args.datasets = [d for d in args.datasets.split(",") if d]
@@ -180,12 +167,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
-    from al_loop import git_commit, write_json_atomic
     args = parse_args(argv)
-    if args.out_dir is None:
-        args.out_dir = tempfile.mkdtemp(prefix="bench_training_smoke_") if args.smoke else "results"
-    args.out_dir = resolve_repo_path(args.out_dir)
-    command = "python code/bench_training.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
     measurements = []
     for dataset in args.datasets:
         module = benchmark.script_module(dataset)
@@ -202,16 +184,7 @@ def main(argv=None) -> dict:
             print(f"{dataset:>6} {option:>11}: fit {m['fit_seconds']:.1f} s, macro-F1 {m['macro_f1']:.4f}",
                   flush=True)
             measurements.append(m)
-    report = {"command": command.strip(), "cpu_cores": os.cpu_count(), "cpu_model": benchmark.cpu_model(),
-              "tensorflow": measurements[0]["tensorflow"], "gpus": measurements[0]["gpus"],
-              "git_commit": git_commit(), "created_at": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-              "smoke": args.smoke, "measurements": measurements}
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out_dir / "bench_training.json", report)
-    (args.out_dir / "bench_training.md").write_text(markdown(report))
-    print(f"wrote {args.out_dir / 'bench_training.md'} and bench_training.json")
-    return report
-
+    return benchmark.write_side_by_side("bench_training", args, argv, measurements, markdown)
 
 if __name__ == "__main__":
     main()

@@ -538,6 +538,35 @@ def process_groups(specs: list[dict], smoke: bool) -> list[list[dict]]:
 
 
 # --------------------------------------------------------------------------- report
+def add_side_by_side_arguments(parser: argparse.ArgumentParser, name: str, repeats_help: str) -> None:
+    """The run-control options bench_training.py and bench_scoring.py share."""
+    parser.add_argument("--jobs", type=int, default=2, metavar="J",
+                        help="protocol jobs a worker is configured for: threads = cpu_count // J (default 2)")
+    parser.add_argument("--repeats", type=int, default=2, metavar="R", help=repeats_help)
+    parser.add_argument("--data-dir", default=None, metavar="DIR")
+    parser.add_argument("--out-dir", default=None, metavar="DIR",
+                        help=f"where {name}.md/.json go (default results/; --smoke: a temporary folder)")
+
+
+def write_side_by_side(name: str, args, argv, measurements: list[dict], markdown: Callable) -> dict:
+    """Report of a side-by-side benchmark (machine, commit, command, measurements), written to
+    ``<out-dir>/<name>.json`` and ``.md``; ``--smoke`` writes to a temporary folder."""
+    from al_loop import git_commit, write_json_atomic
+    if args.out_dir is None:
+        args.out_dir = tempfile.mkdtemp(prefix=f"{name}_smoke_") if args.smoke else "results"
+    out_dir = resolve_repo_path(args.out_dir)
+    command = f"python code/{name}.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
+    report = {"command": command.strip(), "cpu_cores": os.cpu_count(), "cpu_model": cpu_model(),
+              "tensorflow": measurements[0]["tensorflow"], "gpus": measurements[0]["gpus"],
+              "git_commit": git_commit(), "created_at": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+              "smoke": args.smoke, "measurements": measurements}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / f"{name}.json", report)
+    (out_dir / f"{name}.md").write_text(markdown(report))
+    print(f"wrote {out_dir / (name + '.md')} and {name}.json")
+    return report
+
+
 def cpu_model() -> str:
     """The CPU's "model name" from /proc/cpuinfo (Linux), else the platform's processor."""
     import platform
