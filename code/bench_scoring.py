@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
-import os
 import time
 
-import benchmark
 import numpy as np
+
+import benchmark
 
 SMOKE_POOL = 512
 EAGER = " (eager MC passes)"
@@ -39,7 +39,7 @@ def variants(names: list[str]) -> list[str]:
     out = []
     for name in names:
         out.append(name)
-        if isinstance(strategies.get_strategy(name), strategies.MCDropoutStrategy):
+        if issubclass(strategies.STRATEGIES[name], strategies.MCDropoutStrategy):
             out.append(name + EAGER)
     return out
 
@@ -54,13 +54,10 @@ def make_strategy(variant: str):
 
 def measure_dataset(specs: list[dict]) -> list[dict]:
     """Worker entry point: every variant of one dataset (``specs`` holds one spec)."""
-    import experiment
     import keras
-    import tensorflow as tf
     faulthandler.enable()
     spec = specs[0]
-    threads = max(1, (os.cpu_count() or 1) // spec["jobs"])
-    experiment.configure_tensorflow(threads)
+    setting = benchmark.configure_process("ours", spec["jobs"], n_runs=1)  # like a protocol worker
     module = benchmark.script_module(spec["dataset"])
     config = benchmark.default_config(module)
     protocol = benchmark.protocol_of(module)
@@ -83,21 +80,16 @@ def measure_dataset(specs: list[dict]) -> list[dict]:
             if repeat:
                 seconds.append(time.perf_counter() - t0)
         rows.append({"dataset": spec["dataset"], "strategy": variant, "pool": len(pool),
-                     "labeled": n_labeled, "batch_size": protocol["batch_size"], "threads": threads,
-                     "select_seconds": min(seconds), "select_seconds_repeats": seconds,
-                     "picked": sorted(int(i) for i in picked),
-                     "tensorflow": tf.__version__,
-                     "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]})
+                     "labeled": n_labeled, "batch_size": protocol["batch_size"],
+                     "threads": setting["threads"], "select_seconds": min(seconds),
+                     "select_seconds_repeats": seconds, "picked": sorted(int(i) for i in picked),
+                     "tensorflow": setting["tensorflow"], "gpus": setting["gpus"]})
     return rows
 
 
 def markdown(report: dict) -> str:
-    lines = ["# Selection cost per step: each strategy picking one batch", "",
-             f"- Command: `{report['command']}`",
-             (f"- Machine: {report['cpu_cores']} CPU cores ({report['cpu_model']}), TensorFlow "
-              f"{report['tensorflow']}, GPU: {', '.join(report['gpus']) or 'none'}"),
-             f"- Date: {report['created_at']}, code at {report['git_commit']}",
-             ("- Seconds: the fastest of the repeats (all in the JSON), after one untimed call. "
+    lines = benchmark.side_by_side_header(report, "Selection cost per step: each strategy picking one batch")
+    lines += [("- Seconds: the fastest of the repeats (all in the JSON), after one untimed call. "
               "Same batch: whether the eager MC passes picked the batch the graph passes picked."), "",
              "| dataset | pool | labeled | strategy | threads | select s | time vs entropy | same batch |",
              "|---|---:|---:|---|---:|---:|---:|---|"]

@@ -25,8 +25,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import benchmark
 import numpy as np
+
+import benchmark
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ def applies(name: str, config: dict) -> bool:
 def fit_once(module, config: dict, option: str, x, y, n_classes: int):
     """Build the script's model as the loop does, recompile with the option, fit; return (model, s)."""
     import keras
+
     from al_loop import class_weights
     compile_overrides, policy = OPTIONS[option].compile, OPTIONS[option].policy
     t0 = time.perf_counter()
@@ -94,6 +96,7 @@ def measure_option(specs: list[dict]) -> list[dict]:
     """Worker entry point: one option of one dataset (``specs`` holds one spec)."""
     import experiment
     import tensorflow as tf
+
     from al_loop import evaluate
     faulthandler.enable()  # a native crash (TensorFlow) then leaves a traceback on stderr
     spec = specs[0]
@@ -125,12 +128,8 @@ def measure_option(specs: list[dict]) -> list[dict]:
 
 
 def markdown(report: dict) -> str:
-    lines = ["# Training-speed options: one training at the final budget", "",
-             f"- Command: `{report['command']}`",
-             f"- Machine: {report['cpu_cores']} CPU cores ({report['cpu_model']}), TensorFlow "
-             f"{report['tensorflow']}, GPU: {', '.join(report['gpus']) or 'none'}",
-             f"- Date: {report['created_at']}, code at {report['git_commit']}",
-             "- Fit seconds: the fastest of the repeats (all listed in the JSON); they include "
+    lines = benchmark.side_by_side_header(report, "Training-speed options: one training at the final budget")
+    lines += ["- Fit seconds: the fastest of the repeats (all listed in the JSON); they include "
              "building the model and tracing its graph, as every step trains a fresh model. "
              "Macro-F1: one seed, a sanity check, not a result; an option that computes the same "
              "thing gives the same F1.", "",
@@ -185,6 +184,7 @@ def main(argv=None) -> dict:
                   flush=True)
             measurements.append(m)
     return benchmark.write_side_by_side("bench_training", args, argv, measurements, markdown)
+
 
 if __name__ == "__main__":
     main()

@@ -567,6 +567,15 @@ def write_side_by_side(name: str, args, argv, measurements: list[dict], markdown
     return report
 
 
+def side_by_side_header(report: dict, title: str) -> list[str]:
+    """Title, command, machine and commit lines of a side-by-side benchmark's markdown."""
+    return [f"# {title}", "",
+            f"- Command: `{report['command']}`",
+            (f"- Machine: {report['cpu_cores']} CPU cores ({report['cpu_model']}), TensorFlow "
+             f"{report['tensorflow']}, GPU: {', '.join(report['gpus']) or 'none'}"),
+            f"- Date: {report['created_at']}, code at {report['git_commit']}"]
+
+
 def cpu_model() -> str:
     """The CPU's "model name" from /proc/cpuinfo (Linux), else the platform's processor."""
     import platform
