@@ -33,7 +33,7 @@ setup_env() {
 }
 
 for ds in $DATASETS; do  # before the (slow) environment check: fail fast on a typo
-    if [[ ! -f "code/$ds.py" ]] || ! grep -q "experiment.main" "code/$ds.py"; then
+    if [[ ! -f "code/$ds.py" ]] || ! grep -q "cli.main" "code/$ds.py"; then
         echo "error: unknown dataset '$ds' in DATASETS; choose from: mnist mitbih" >&2
         exit 2
     fi

@@ -9,8 +9,8 @@ hyperparameter and a command-line option (``python code/mitbih.py --help``).
 
 import dataclasses
 
-import experiment
-from data_mitbih import load_mitbih
+from al import cli, models
+from al.data_mitbih import load_mitbih
 
 # --- data
 SPLIT = "intra"        # "intra": stratified 80/20 over beats; "inter": patients DS1 -> DS2
@@ -47,28 +47,8 @@ def results_name(config):
     return "mitbih" if config["split"] == "intra" else f"mitbih_{config['split']}"
 
 
-def build_model(config, input_shape, n_classes):
-    """Conv blocks (two Conv1D + pooling), global max pool, dense layers, softmax; Adam."""
-    import keras
-    from keras import layers
-
-    model = keras.Sequential([keras.Input(shape=input_shape)])
-    blocks = list(zip(config["conv_filters"], config["kernel_sizes"], strict=True))
-    for i, (filters, kernel) in enumerate(blocks):
-        for _ in range(2):
-            model.add(layers.Conv1D(int(filters), int(kernel)))
-            if config["batch_norm"]:
-                model.add(layers.BatchNormalization(momentum=config["bn_momentum"]))
-            model.add(layers.Activation("relu"))
-        model.add(layers.GlobalMaxPooling1D() if i == len(blocks) - 1 else layers.MaxPooling1D(2))
-        model.add(layers.Dropout(config["dropout"]))
-    for units in config["dense_units"]:
-        model.add(layers.Dense(int(units), activation="relu"))
-    model.add(layers.Dense(n_classes, activation="softmax"))
-    model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]),
-                  loss="sparse_categorical_crossentropy")
-    return model
+build_model = models.ecg_cnn  # two Conv1D per block, pooling, dense layers, softmax; Adam (code/al/models.py)
 
 
 if __name__ == "__main__":
-    experiment.main(results_name, globals(), load_data, build_model)
+    cli.main(results_name, globals(), load_data, build_model)

@@ -4,8 +4,8 @@ Every UPPER_CASE constant below is a hyperparameter and a command-line option
 (``python code/mnist.py --help``). Results go to ``results/mnist/<strategy>_seed<k>.json``.
 """
 
-import experiment
-from data_mnist import load_mnist
+from al import cli, models
+from al.data_mnist import load_mnist
 
 # --- active-learning protocol
 START_SIZE = 256
@@ -31,24 +31,8 @@ def load_data(config, data_dir=None):
     return load_mnist(data_dir)
 
 
-def build_model(config, input_shape, n_classes):
-    """Conv-pool blocks, a dense layer with dropout, softmax output; Adam."""
-    import keras
-    from keras import layers
-
-    model = keras.Sequential([keras.Input(shape=input_shape)])
-    for filters in config["conv_filters"]:
-        model.add(layers.Conv2D(int(filters), 3, activation="relu"))
-        model.add(layers.MaxPooling2D())
-    model.add(layers.Flatten())
-    model.add(layers.Dropout(config["dropout"]))
-    model.add(layers.Dense(config["dense_units"], activation="relu"))
-    model.add(layers.Dropout(config["dropout"]))
-    model.add(layers.Dense(n_classes, activation="softmax"))
-    model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]),
-                  loss="sparse_categorical_crossentropy")
-    return model
+build_model = models.mnist_cnn  # conv-pool blocks, dense + dropout, softmax; Adam (code/al/models.py)
 
 
 if __name__ == "__main__":
-    experiment.main("mnist", globals(), load_data, build_model)
+    cli.main("mnist", globals(), load_data, build_model)

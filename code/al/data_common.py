@@ -8,8 +8,10 @@ the repository root or from inside ``code/``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import numpy as np
 # Imported first by every module: silence TensorFlow's C++ start-up chatter before it loads.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_ROOT = REPO_ROOT / "data"
 
 
@@ -34,7 +36,9 @@ class Dataset:
     """A train pool and a held-out test set, with class names.
 
     ``x_*`` are float32 arrays (samples first), ``y_*`` int64 class indices in
-    ``range(len(class_names))``; ``source`` says where the data came from.
+    ``range(len(class_names))``; ``source`` says where the data came from (with paths, for
+    people) and ``origin`` what kind of copy it is, without paths (e.g. "PhysioNet mitdb
+    records"), for the run files' provenance.
     """
 
     x_train: np.ndarray
@@ -43,6 +47,7 @@ class Dataset:
     y_test: np.ndarray
     class_names: tuple[str, ...]
     source: str
+    origin: str = "unknown"
 
     def __post_init__(self):
         n_classes = len(self.class_names)
@@ -63,6 +68,21 @@ class Dataset:
                 f"{self.source}: train samples have shape {self.x_train.shape[1:]} but test samples "
                 f"{self.x_test.shape[1:]}; the files are of different datasets."
             )
+
+    @cached_property
+    def sha256(self) -> str:
+        """Content hash of the arrays actually used (shapes, dtypes, bytes) and the class names."""
+        digest = hashlib.sha256(repr(self.class_names).encode())
+        for array in (self.x_train, self.y_train, self.x_test, self.y_test):
+            array = np.ascontiguousarray(array)
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(array.data)
+        return digest.hexdigest()
+
+    def provenance(self) -> dict:
+        """What a run file records about its data: the kind of copy and the content hash."""
+        return {"origin": self.origin, "sha256": self.sha256,
+                "n_train": int(len(self.y_train)), "n_test": int(len(self.y_test))}
 
 
 def candidate_dirs(dataset: str, data_dir: str | os.PathLike | None = None) -> list[Path]:

@@ -1,41 +1,29 @@
 """Query strategies: which unlabeled samples to send to the annotator next.
 
-Every strategy implements one interface, :class:`QueryStrategy`::
+Every strategy implements one call, always with all arguments::
 
-    positions = strategy.select(model, x_unlabeled, batch_size, rng, x_labeled=None)
+    positions = strategy.select(model, x_unlabeled, batch_size, rng, x_labeled)
 
-``positions`` index into ``x_unlabeled`` (the loop maps them back to dataset indices).
-Uncertainty strategies are a :class:`ScoreStrategy` (baal-style "heuristic"): they map
-the model's predicted class probabilities to one score per sample, higher meaning more
-informative, and take the ``batch_size`` highest. MC-dropout strategies (``bald``,
-``entropy_mc``) score ``mc_passes`` stochastic forward passes; ``coreset`` and ``badge``
-work on penultimate-layer embeddings. Adding a strategy means writing one small class here
-and registering it in :data:`STRATEGIES`; the loop does not change.
-
-``x_labeled`` (the labeled samples) is passed by the loop only to strategies that set
-``uses_labeled = True`` (``coreset``); every other strategy accepts and ignores it.
-
-Strategies that look inside the model (``bald``, ``entropy_mc``, ``coreset``, ``badge``)
-need a ``keras.Sequential`` model whose last layer is a ``Dense`` layer (softmax for
-``badge``); they call its layers one by one, which is how dropout alone is made stochastic.
-Their scoring runs in batches, so memory stays bounded on the whole pool.
+``x_unlabeled`` and ``x_labeled`` are samples (arrays with the samples first), ``positions``
+index into ``x_unlabeled`` (the loop maps them back to dataset indices). A strategy that
+does not need an argument ignores it. Uncertainty strategies are a :class:`ScoreStrategy`
+(baal-style "heuristic"): they map the model's predicted class probabilities to one score
+per sample, higher meaning more informative, and take the ``batch_size`` highest.
+MC-dropout strategies (``bald``, ``entropy_mc``) score ``mc_passes`` stochastic forward
+passes; ``coreset`` and ``badge`` work on penultimate-layer embeddings. What they need
+from the model comes from :mod:`al.keras_ops`; this module holds the pure-numpy scores and
+selection algorithms. Adding a strategy means writing one small class and registering it
+in :data:`STRATEGIES`; the loop does not change.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-PREDICT_BATCH_SIZE = 8192  # large batches: scoring the whole pool is the hot path
+from al.keras_ops import embed_and_predict, last_layer_is_softmax, mc_predict_proba, n_samples, predict_proba
+
 MC_PASSES = 10             # default number of stochastic forward passes of bald / entropy_mc
 CHUNK_ELEMENTS = 2 ** 22   # float64 elements per distance chunk in coreset (32 MB)
-
-
-def predict_proba(model, x: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE) -> np.ndarray:
-    """Class probabilities of ``model`` on ``x`` in large batches, as float64."""
-    if len(x) == 0:
-        return np.zeros((0, model.output_shape[-1]))
-    probs = model.predict(x, batch_size=batch_size, verbose=0)
-    return np.asarray(probs, dtype=np.float64)
 
 
 def entropy(probs: np.ndarray) -> np.ndarray:
@@ -88,19 +76,15 @@ class QueryStrategy:
     name : str
         Name used on the command line and in result files.
     uses_model : bool
-        False when the strategy ignores the model (lets the loop skip pool scoring).
-
-    uses_labeled : bool
-        True when the strategy needs the labeled samples: the loop then passes them as
-        ``x_labeled``; otherwise it calls ``select`` without that argument.
+        False when the strategy ignores the model (a resumed run then need not retrain the
+        model that would have scored the pool).
     """
 
     name = "base"
     uses_model = True
-    uses_labeled = False
 
     def select(self, model, x_unlabeled: np.ndarray, batch_size: int,
-               rng: np.random.Generator, x_labeled: np.ndarray | None = None) -> np.ndarray:
+               rng: np.random.Generator, x_labeled: np.ndarray) -> np.ndarray:
         """Return ``batch_size`` distinct positions into ``x_unlabeled``, most wanted first.
 
         Raises ``ValueError`` when the pool holds fewer than ``batch_size`` samples.
@@ -114,9 +98,9 @@ class RandomSampling(QueryStrategy):
     name = "random"
     uses_model = False
 
-    def select(self, model, x_unlabeled, batch_size, rng, x_labeled=None):
-        check_batch(len(x_unlabeled), batch_size)
-        return rng.choice(len(x_unlabeled), size=batch_size, replace=False)
+    def select(self, model, x_unlabeled, batch_size, rng, x_labeled):
+        check_batch(n_samples(x_unlabeled), batch_size)
+        return rng.choice(n_samples(x_unlabeled), size=batch_size, replace=False)
 
 
 class ScoreStrategy(QueryStrategy):
@@ -126,8 +110,8 @@ class ScoreStrategy(QueryStrategy):
         """Informativeness of each sample, higher is more informative."""
         raise NotImplementedError
 
-    def select(self, model, x_unlabeled, batch_size, rng, x_labeled=None):
-        check_batch(len(x_unlabeled), batch_size)
+    def select(self, model, x_unlabeled, batch_size, rng, x_labeled):
+        check_batch(n_samples(x_unlabeled), batch_size)
         return top_k_positions(self.score(predict_proba(model, x_unlabeled)), batch_size)
 
 
@@ -177,8 +161,8 @@ def bald_scores(mc_probs: np.ndarray) -> np.ndarray:
     array of shape (n_samples,), float64, >= 0 up to round-off
     """
     mc_probs = _check_mc_probs(mc_probs)
-    n_passes, n_samples, n_classes = mc_probs.shape
-    expected_entropy = entropy(mc_probs.reshape(-1, n_classes)).reshape(n_passes, n_samples).mean(axis=0)
+    n_passes, n_rows, n_classes = mc_probs.shape
+    expected_entropy = entropy(mc_probs.reshape(-1, n_classes)).reshape(n_passes, n_rows).mean(axis=0)
     return entropy(mc_probs.mean(axis=0)) - expected_entropy
 
 
@@ -352,148 +336,6 @@ def fill_unique(positions: np.ndarray, n_pool: int, k: int, rng: np.random.Gener
     return unique[:k]
 
 
-# --------------------------------------------------------------------------- model internals
-def _sequential_layers(model, strategy: str) -> list:
-    import keras
-    if not isinstance(model, keras.Sequential):
-        raise TypeError(
-            f"strategy {strategy!r} needs a keras.Sequential model (it calls the layers one by "
-            f"one), got {type(model).__name__}; use a Sequential model or another strategy."
-        )
-    return list(model.layers)
-
-
-def _is_active_dropout(layer) -> bool:
-    import keras
-    return isinstance(layer, keras.layers.Dropout) and float(layer.rate) > 0
-
-
-def _forward(layers: list, x, seed=None):
-    """Call ``layers`` in order in inference mode; with a ``seed``, sample Dropout layers.
-
-    Only ``keras.layers.Dropout`` and its subclasses (SpatialDropout1D/2D/3D) are made
-    stochastic, with masks drawn from ``seed`` (a ``keras.random.SeedGenerator``), not from
-    the layer's own generator, so masks are reproducible. Every other layer runs with
-    ``training=False``: BatchNormalization keeps its moving statistics, and
-    GaussianDropout/AlphaDropout/GaussianNoise act as in inference. Only the top-level
-    layers are inspected: Dropout inside a nested model stays off.
-    """
-    import keras
-    for layer in layers:
-        if seed is not None and _is_active_dropout(layer):
-            if hasattr(layer, "_get_noise_shape"):  # spatial dropout: one mask per channel
-                noise_shape = layer._get_noise_shape(x)
-            elif layer.noise_shape is not None:  # the batch axis grows when passes are tiled
-                noise_shape = (None, *layer.noise_shape[1:])
-            else:
-                noise_shape = None
-            x = keras.random.dropout(x, float(layer.rate), noise_shape=noise_shape, seed=seed)
-        else:
-            x = layer(x, training=False)
-    return x
-
-
-def _compiled(fn):
-    """``fn`` as a TensorFlow graph function on the TensorFlow backend, else ``fn`` itself.
-
-    Graph mode lets TensorFlow's optimizer fuse each convolution with its BatchNorm and
-    ReLU. The graph is traced again on every call (a fresh model each step), a fixed cost that
-    the benchmark includes and that a pool of thousands of samples repays
-    (``code/bench_scoring.py``: 1.5x on MNIST, 1.6x on MIT-BIH, 20000-sample pools).
-    """
-    import keras
-    if keras.backend.backend() != "tensorflow":
-        return fn
-    import tensorflow as tf
-    return tf.function(fn, reduce_retracing=True)
-
-
-def mc_predict_proba(model, x: np.ndarray, mc_passes: int, rng: np.random.Generator,
-                     batch_size: int = PREDICT_BATCH_SIZE, strategy: str = "MC dropout",
-                     graph: bool = True) -> np.ndarray:
-    """Class probabilities of ``mc_passes`` stochastic forward passes with dropout active.
-
-    The layers before the first Dropout are deterministic and run once per batch; their
-    output is tiled ``mc_passes`` times along the batch axis and the rest of the network
-    runs once on the tiled batch (vectorized passes). Pool batches hold
-    ``batch_size // mc_passes`` samples so a call never sees more than ``batch_size`` rows.
-    Dropout masks are seeded from ``rng``: same ``rng`` state, same probabilities.
-    On the TensorFlow backend the passes of a batch run as one graph function; ``graph=False``
-    calls the layers one by one in eager mode instead: the same dropout masks, so the same
-    probabilities up to float32 rounding (bit-identical on the MIT-BIH net in our check),
-    slower on a large pool (``code/bench_scoring.py`` times both). Other backends always run
-    eagerly.
-
-    Raises ``TypeError`` for a non-Sequential model and ``ValueError`` when the model has no
-    Dropout layer with a positive rate (every pass would be identical).
-
-    Returns
-    -------
-    array of shape (mc_passes, len(x), n_classes), float64
-    """
-    import keras
-    if int(mc_passes) < 1:
-        raise ValueError(f"mc_passes must be >= 1, got {mc_passes}")
-    mc_passes = int(mc_passes)
-    layers = _sequential_layers(model, strategy)
-    first = next((i for i, layer in enumerate(layers) if _is_active_dropout(layer)), None)
-    if first is None:
-        raise ValueError(
-            f"strategy {strategy!r} needs a model with a Dropout layer (rate > 0): without one "
-            "every stochastic pass is identical, BALD is 0 for every sample and entropy_mc "
-            "equals plain entropy. Add dropout to the model or use another strategy."
-        )
-    seed = keras.random.SeedGenerator(int(rng.integers(2 ** 31 - 1)))
-
-    def stochastic_passes(part):
-        h = _forward(layers[:first], part)
-        h = keras.ops.tile(h, [mc_passes] + [1] * (len(h.shape) - 1))
-        return _forward(layers[first:], h, seed)
-
-    passes = _compiled(stochastic_passes) if graph else stochastic_passes
-    n_classes = model.output_shape[-1]
-    out = np.empty((mc_passes, len(x), n_classes))
-    rows = max(1, batch_size // mc_passes)
-    for start in range(0, len(x), rows):
-        part = x[start:start + rows]
-        probs = keras.ops.convert_to_numpy(passes(part))
-        out[:, start:start + len(part)] = probs.reshape(mc_passes, len(part), n_classes)
-    return out
-
-
-def embed_and_predict(model, x: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE,
-                      strategy: str = "embedding") -> tuple[np.ndarray, np.ndarray]:
-    """Penultimate embeddings and class probabilities, in inference mode and in batches.
-
-    The embedding ``h`` is the input of the model's last layer, which must be ``Dense``
-    (for the scripts' models: the last hidden Dense layer's output; a Dropout in between
-    is the identity at inference). Raises ``TypeError`` for a non-Sequential model and
-    ``ValueError`` when the last layer is not Dense or its input is not flat.
-
-    Returns
-    -------
-    h : array of shape (len(x), d), float32
-    probs : array of shape (len(x), n_classes), float64
-    """
-    import keras
-    layers = _sequential_layers(model, strategy)
-    last = layers[-1]
-    if not isinstance(last, keras.layers.Dense):
-        raise ValueError(f"strategy {strategy!r} needs a model whose last layer is Dense, got "
-                         f"{type(last).__name__}")
-    features, probs = [], []
-    for start in range(0, len(x), batch_size):
-        h = _forward(layers[:-1], x[start:start + batch_size])
-        if len(h.shape) != 2:
-            raise ValueError(f"strategy {strategy!r} needs a flat input to the last Dense layer, "
-                             f"got shape {tuple(h.shape)}")
-        features.append(keras.ops.convert_to_numpy(h).astype(np.float32))
-        probs.append(keras.ops.convert_to_numpy(last(h, training=False)).astype(np.float64))
-    if not features:
-        return np.zeros((0, last.kernel.shape[0]), np.float32), np.zeros((0, last.units))
-    return np.concatenate(features), np.concatenate(probs)
-
-
 # --------------------------------------------------------------------------- strategies
 class MCDropoutStrategy(QueryStrategy):
     """Top-k selection by a score of ``mc_passes`` MC-dropout predictions (Gal & Ghahramani 2016).
@@ -507,7 +349,6 @@ class MCDropoutStrategy(QueryStrategy):
     """
 
     mc_passes = MC_PASSES
-    graph = True  # False: eager passes, same scores, slower (a benchmark switch; TF backend only)
 
     def __init__(self, mc_passes: int | None = None):
         if mc_passes is not None:
@@ -516,10 +357,9 @@ class MCDropoutStrategy(QueryStrategy):
     def score_mc(self, mc_probs: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def select(self, model, x_unlabeled, batch_size, rng, x_labeled=None):
-        check_batch(len(x_unlabeled), batch_size)
-        mc_probs = mc_predict_proba(model, x_unlabeled, self.mc_passes, rng, strategy=self.name,
-                                    graph=self.graph)
+    def select(self, model, x_unlabeled, batch_size, rng, x_labeled):
+        check_batch(n_samples(x_unlabeled), batch_size)
+        mc_probs = mc_predict_proba(model, x_unlabeled, self.mc_passes, rng, purpose=f"strategy {self.name!r}")
         return top_k_positions(self.score_mc(mc_probs), batch_size)
 
 
@@ -527,12 +367,11 @@ class BALDSampling(MCDropoutStrategy):
     """BALD, Bayesian active learning by disagreement (Houlsby et al. 2011; Gal et al. 2017).
 
     Scores :func:`bald_scores` (mutual information) on ``mc_passes`` (T, default 10)
-    MC-dropout passes, ``model(x, training=True)`` for the Dropout layers only, with masks
-    seeded from ``rng`` (deterministic under a fixed seed). Needs a ``keras.Sequential``
-    model with at least one Dropout layer of positive rate: without dropout every pass is
-    identical, every score is 0 and the selection would just be the first positions of
-    the pool, so :meth:`select` raises ``ValueError`` instead (``TypeError`` for a
-    non-Sequential model). BatchNormalization stays in inference mode.
+    MC-dropout passes (:func:`al.keras_ops.mc_predict_proba`: the Dropout layers only sample,
+    with masks seeded from ``rng``, so deterministic under a fixed seed). Needs a model with
+    at least one Dropout layer of positive rate: without dropout every pass is identical,
+    every score is 0 and the selection would just be the first positions of the pool, so
+    :meth:`select` raises ``ValueError`` instead. BatchNormalization stays in inference mode.
     """
 
     name = "bald"
@@ -557,24 +396,23 @@ class MCEntropySampling(MCDropoutStrategy):
 class CoreSetSampling(QueryStrategy):
     """Core-set, greedy k-center on penultimate embeddings (Sener & Savarese 2018, Alg. 1).
 
-    Embeddings are the input of the model's last Dense layer (:func:`embed_and_predict`,
-    inference mode); the labeled samples' embeddings are the initial centers, so the loop
-    passes ``x_labeled`` (``uses_labeled = True``). Euclidean distance (squared; same
-    argmax). Memory: the pool's embeddings (n_pool x d float64, e.g. 87k x 64: 45 MB), one
-    running min-distance vector, and distance chunks of :data:`CHUNK_ELEMENTS`. The robust
-    (outlier-tolerant MIP) variant of the paper is not implemented. Needs a
-    ``keras.Sequential`` model ending in a Dense layer.
+    Embeddings are the input of the model's last Dense layer
+    (:func:`al.keras_ops.embed_and_predict`, inference mode); the labeled samples'
+    embeddings are the initial centers. Euclidean distance (squared; same argmax). Memory:
+    the pool's embeddings (n_pool x d float64), one running min-distance vector, and
+    distance chunks of :data:`CHUNK_ELEMENTS`. The robust (outlier-tolerant MIP) variant of
+    the paper is not implemented. Needs a model ending in a Dense layer.
     """
 
     name = "coreset"
-    uses_labeled = True
 
-    def select(self, model, x_unlabeled, batch_size, rng, x_labeled=None):
-        check_batch(len(x_unlabeled), batch_size)
-        pool_emb, _ = embed_and_predict(model, x_unlabeled, strategy=self.name)
+    def select(self, model, x_unlabeled, batch_size, rng, x_labeled):
+        check_batch(n_samples(x_unlabeled), batch_size)
+        purpose = f"strategy {self.name!r}"
+        pool_emb, _ = embed_and_predict(model, x_unlabeled, purpose=purpose)
         labeled_emb = None
         if x_labeled is not None and len(x_labeled):
-            labeled_emb, _ = embed_and_predict(model, x_labeled, strategy=self.name)
+            labeled_emb, _ = embed_and_predict(model, x_labeled, purpose=purpose)
         return k_center_greedy(pool_emb, labeled_emb, batch_size, rng)
 
 
@@ -589,26 +427,24 @@ class BadgeSampling(QueryStrategy):
     ``rng``; like sklearn, and unlike the authors' code, which takes the largest-norm point,
     the first center is uniform). The outer-product structure is used, so the
     n_pool x (n_classes * d) matrix is never built: memory is O(n_pool * (n_classes + d))
-    (MNIST 60k x (10 + 128) float64: 66 MB, instead of 60k x 1280 float32: 310 MB; MIT-BIH
-    87k x (5 + 64): 48 MB instead of 110 MB) and each center costs O(n_pool * (n_classes + d)).
-    If seeding repeats a point (only when all remaining embeddings coincide with chosen ones,
-    e.g. all-zero gradients of a fully confident model), the rest of the batch is drawn
-    uniformly from ``rng``. Needs a ``keras.Sequential`` model whose last layer is a Dense softmax.
+    and each center costs O(n_pool * (n_classes + d)). If seeding repeats a point (only when
+    all remaining embeddings coincide with chosen ones, e.g. all-zero gradients of a fully
+    confident model), the rest of the batch is drawn uniformly from ``rng``. Needs a model
+    whose last layer is a Dense softmax.
     """
 
     name = "badge"
 
-    def select(self, model, x_unlabeled, batch_size, rng, x_labeled=None):
-        check_batch(len(x_unlabeled), batch_size)
-        layers = _sequential_layers(model, self.name)
-        if getattr(layers[-1], "activation", None) is None or \
-                getattr(layers[-1].activation, "__name__", "") != "softmax":
+    def select(self, model, x_unlabeled, batch_size, rng, x_labeled):
+        check_batch(n_samples(x_unlabeled), batch_size)
+        if not last_layer_is_softmax(model):
             raise ValueError(f"strategy {self.name!r} needs a last Dense layer with softmax "
                              "activation (its gradient formula assumes softmax + cross-entropy)")
-        features, probs = embed_and_predict(model, x_unlabeled, strategy=self.name)
+        features, probs = embed_and_predict(model, x_unlabeled, purpose=f"strategy {self.name!r}")
         centers = kmeans_pp_outer(gradient_residuals(probs), features, batch_size,
                                   random_state=int(rng.integers(2 ** 31 - 1)))
         return fill_unique(centers, len(probs), batch_size, rng)
+
 
 STRATEGIES: dict[str, type[QueryStrategy]] = {
     cls.name: cls

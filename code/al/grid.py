@@ -2,17 +2,20 @@
 
 One interface, two interchangeable backends::
 
-    runner.run_grid(tasks, load_data, build_model, backend="local", jobs=2)
-    runner.run_grid(tasks, load_data, build_model, backend="ray", address="auto")
+    grid.run_grid(tasks, load_data, build_model, backend="local", jobs=2)
+    grid.run_grid(tasks, load_data, build_model, backend="ray", address="auto")
 
-Every task is one :class:`experiment.RunTask`, executed by :func:`experiment.execute_task`
-in a worker; it writes its own result files to the (shared) results directory and resumes
-from them, so a task that is retried after its worker died continues from its last
-completed step and ends with the same result as an uninterrupted run.
+Every task is one :class:`RunTask`, executed by :func:`run_task` in a worker: it loads
+the data (once per process), sets TensorFlow to the run's own thread count
+(``config["threads"]``, never derived from ``jobs`` or the number of cores, so a run's
+numbers do not depend on how many run beside it), and calls
+:func:`al.loop.run_active_learning`, which writes the run file to the (shared) results
+directory and resumes from it: a task retried after its worker died continues from its
+last completed step and ends with the same result as an uninterrupted run.
 
 ``local`` (default)
-    ``jobs`` spawned processes on this machine (``jobs == 1``: in this process), each with
-    ``cores // jobs`` TensorFlow threads. Progress lines (one per finished step) come back
+    ``jobs`` spawned processes on this machine (``jobs == 1``: in this process, with the
+    data the driver already loaded). Progress lines (one per finished step) come back
     through a multiprocessing manager queue. When a worker process dies (killed, out of
     memory), the pool breaks; the runs not finished yet are resubmitted to a new pool, at
     most ``max_retries`` times. Workers exit when the driver dies (``prctl(PR_SET_PDEATHSIG)``
@@ -35,6 +38,7 @@ completed step and ends with the same result as an uninterrupted run.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import queue
 import sys
@@ -45,7 +49,9 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Callable
 
-from data_common import REPO_ROOT
+from al.data_common import REPO_ROOT, Dataset
+from al.keras_ops import configure_tensorflow
+from al.loop import run_active_learning
 
 BACKENDS = ("local", "ray")
 DEFAULT_RETRIES = 2
@@ -53,7 +59,23 @@ PARENT_POLL_SECONDS = 1.0
 
 
 class GridError(RuntimeError):
-    """Some runs of the grid failed for good (after retries); the message lists them."""
+    """The Ray backend cannot start (Ray missing)."""
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """One run of the grid: everything a worker needs, and nothing it has to look up."""
+    dataset: str
+    strategy: str
+    seed: int
+    config: dict
+    results_dir: str
+    fresh: bool
+    data_dir: str | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset} {self.strategy} seed {self.seed}"
 
 
 @dataclass
@@ -61,25 +83,46 @@ class GridOutcome:
     results: list            # result dict per task, in task order (None where the task failed)
     failures: dict = field(default_factory=dict)   # task index -> error text
     worker_losses: int = 0   # worker processes lost and retried (local backend; Ray logs its own)
-    backend: str = "local"
     description: str = ""
 
 
 # --------------------------------------------------------------------------- in the workers
-_CONFIGURED_THREADS: int | None = None
 _IN_POOL_WORKER = False      # set by the local pool's initializer, never in the driver
+_WORKER_DATA: dict = {}      # this process's dataset, loaded once (key -> Dataset)
 
 
-def run_task(task, load_data: Callable, build_model: Callable, progress, threads: int) -> dict:
-    """What a worker runs for one task: data loaded and TensorFlow set up once per process."""
-    global _CONFIGURED_THREADS
-    import experiment
-    experiment.task_data(task, load_data)  # first: a loader error needs no TensorFlow start-up
-    if _CONFIGURED_THREADS is None:
-        experiment.configure_tensorflow(threads)
-        _CONFIGURED_THREADS = threads
+def data_key(task: RunTask) -> tuple:
+    return (task.dataset, task.data_dir, json.dumps(task.config, sort_keys=True))
+
+
+def worker_data(task: RunTask, load_data: Callable) -> Dataset:
+    """The task's dataset, loaded once per worker process (the cache holds one dataset)."""
+    key = data_key(task)
+    if key not in _WORKER_DATA:
+        _WORKER_DATA.clear()
+        _WORKER_DATA[key] = load_data(task.config, task.data_dir)
+    return _WORKER_DATA[key]
+
+
+def step_line(task: RunTask, record: dict) -> str:
+    """The progress line of one finished step."""
+    t = record
+    return (f"{task.dataset} {task.strategy:>8} seed {task.seed} step {t['step']:2d}  labels "
+            f"{t['n_labeled']:5d}  macro-F1 {t['macro_f1']:.4f}  acc {t['accuracy']:.4f}  (train "
+            f"{t['train_seconds']:.1f}s, score {t['score_seconds']:.1f}s, eval {t['eval_seconds']:.1f}s)")
+
+
+def run_task(task: RunTask, load_data: Callable, build_model: Callable, progress,
+             data: Dataset | None = None) -> dict:
+    """What a worker runs for one task: the run, on the run's own TensorFlow thread count."""
+    if data is None:
+        data = worker_data(task, load_data)  # first: a loader error needs no TensorFlow start-up
+    configure_tensorflow(task.config["threads"])
     try:
-        return experiment.execute_task(task, load_data, build_model, progress)
+        return run_active_learning(
+            dataset=task.dataset, data=data, build_model=build_model, config=task.config,
+            strategy=task.strategy, seed=task.seed, results_dir=task.results_dir, fresh=task.fresh,
+            on_step=lambda record: progress.put(step_line(task, record)))
     finally:  # also after a failed task: TensorFlow has started in this worker either way
         if _IN_POOL_WORKER:
             skip_finalization_at_exit()
@@ -164,17 +207,13 @@ class Progress:
         self.bar.close()
 
 
-def task_label(task) -> str:
-    return f"{task.dataset} {task.strategy} seed {task.seed}"
-
-
 def run_grid(tasks: list, load_data: Callable, build_model: Callable, *, backend: str = "local",
-             jobs: int = 1, address: str | None = None, threads: int | None = None,
-             max_retries: int = DEFAULT_RETRIES, steps_done: int = 0) -> GridOutcome:
+             jobs: int = 1, address: str | None = None, max_retries: int = DEFAULT_RETRIES,
+             steps_done: int = 0, data: Dataset | None = None) -> GridOutcome:
     """Run every task on ``backend`` and return the outcome (never raises for a failed task).
 
-    ``threads``: TensorFlow threads per worker (default ``cores // jobs``; 1 per task on an
-    existing Ray cluster). ``steps_done``: steps already on disk, where the bar starts.
+    ``steps_done``: steps already on disk, where the bar starts. ``data``: the dataset the
+    driver loaded, used when the tasks run in this process (local backend, ``jobs == 1``).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
@@ -184,23 +223,23 @@ def run_grid(tasks: list, load_data: Callable, build_model: Callable, *, backend
     progress = Progress(total, min(steps_done, total), f"{tasks[0].dataset} steps")
     try:
         if backend == "local":
-            return _run_local(tasks, load_data, build_model, jobs, threads, max_retries, progress)
-        return _run_ray(tasks, load_data, build_model, jobs, address, threads, max_retries, progress)
+            return _run_local(tasks, load_data, build_model, jobs, max_retries, progress, data)
+        return _run_ray(tasks, load_data, build_model, jobs, address, max_retries, progress)
     finally:
         progress.close()
 
 
 # --------------------------------------------------------------------------- local backend
-def _run_local(tasks, load_data, build_model, jobs, threads, max_retries, progress) -> GridOutcome:
+def _run_local(tasks, load_data, build_model, jobs, max_retries, progress, data) -> GridOutcome:
     jobs = max(1, min(jobs, len(tasks)))
-    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    outcome = GridOutcome(results=[None] * len(tasks), backend="local",
+    threads = tasks[0].config["threads"]
+    outcome = GridOutcome(results=[None] * len(tasks),
                           description=f"local, {jobs} process(es) x {threads} TF thread(s)")
     if jobs == 1:
         lines = SimpleNamespace(put=progress.line)
         for i, task in enumerate(tasks):
             try:
-                outcome.results[i] = run_task(task, load_data, build_model, lines, threads)
+                outcome.results[i] = run_task(task, load_data, build_model, lines, data)
             except Exception:  # noqa: BLE001 - reported with its traceback, the grid goes on
                 outcome.failures[i] = traceback.format_exc()
         return outcome
@@ -233,7 +272,7 @@ def _run_local(tasks, load_data, build_model, jobs, threads, max_retries, progre
             broken = False
             with ProcessPoolExecutor(min(jobs, len(remaining)), mp_context=ctx,
                                      initializer=init_pool_worker, initargs=(os.getpid(),)) as pool:
-                futures = {pool.submit(run_task, task, load_data, build_model, lines, threads): i
+                futures = {pool.submit(run_task, task, load_data, build_model, lines): i
                            for i, task in remaining.items()}
                 for future in as_completed(futures):
                     i = futures[future]
@@ -283,7 +322,7 @@ def ray_task_options(resources: dict) -> dict:
     return {"num_gpus": 1} if resources.get("GPU", 0) > 0 else {"num_cpus": 1}
 
 
-def _run_ray(tasks, load_data, build_model, jobs, address, threads, max_retries, progress) -> GridOutcome:
+def _run_ray(tasks, load_data, build_model, jobs, address, max_retries, progress) -> GridOutcome:
     try:
         import ray
         from ray.util.queue import Empty, Queue
@@ -303,20 +342,17 @@ def _run_ray(tasks, load_data, build_model, jobs, address, threads, max_retries,
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0)
         options = ray_task_options(resources)
-        if gpus:
-            threads = threads or 2
-        else:
-            threads = threads or (max(1, (os.cpu_count() or 1) // jobs) if started_here and not address else 1)
+        threads = tasks[0].config["threads"]
         where = f"Ray cluster at {address}" if address else "local Ray instance"
         outcome = GridOutcome(
-            results=[None] * len(tasks), backend="ray",
+            results=[None] * len(tasks),
             description=(f"{where}: {resources.get('CPU', 0):g} CPUs, {gpus:g} GPUs; one task per run "
                          f"({'1 GPU' if gpus else '1 CPU'}, {threads} TF thread(s)), "
                          f"up to {max_retries} retries"))
         progress.note(outcome.description)
         lines = Queue(actor_options={"num_cpus": 0})
         remote = ray.remote(run_task).options(max_retries=max_retries, **options)
-        refs = {remote.remote(task, load_data, build_model, lines, threads): i
+        refs = {remote.remote(task, load_data, build_model, lines): i
                 for i, task in enumerate(tasks)}
 
         def drain():
@@ -356,5 +392,5 @@ def summary_lines(tasks: list, outcome: GridOutcome, wall: float) -> list[str]:
     lines.append(f"{tasks[0].dataset}: {n_ok} of {len(tasks)} runs done in {wall / 60:.1f} min "
                  f"({outcome.description}{retried})")
     for i, error in sorted(outcome.failures.items()):
-        lines.append(f"  FAILED {task_label(tasks[i])}: {error.strip().splitlines()[-1] if error.strip() else error}")
+        lines.append(f"  FAILED {tasks[i].label}: {error.strip().splitlines()[-1] if error.strip() else error}")
     return lines

@@ -57,9 +57,8 @@ paced records ``PACED`` are left out; ``test_fraction`` and ``split_seed`` are i
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import tempfile
 import time
 import warnings
 import zipfile
@@ -72,8 +71,9 @@ import scipy.signal
 import wfdb
 from sklearn.model_selection import train_test_split
 
-import data_common
-from data_common import DataCorruptError, DataNotFoundError, Dataset, candidate_dirs, resolve_repo_path
+from al import data_common
+from al.data_common import DataCorruptError, DataNotFoundError, Dataset, candidate_dirs, resolve_repo_path
+from al.runs import write_bytes_atomic
 
 CLASS_NAMES = ("N", "S", "V", "F", "Q")
 BEAT_LENGTH = 187
@@ -284,15 +284,9 @@ def build_all_beats(mitdb_dir, records=None):
 
 def _save_npz_atomically(path, **arrays):
     """Write a compressed ``.npz`` so readers never see a half-written file."""
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False)
-    try:
-        with handle:
-            np.savez_compressed(handle, **arrays)
-        os.chmod(handle.name, 0o644)  # temp files are private; the cache is not
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _load_cache(cache_path):
@@ -397,7 +391,8 @@ def _load_csvs(train_path, test_path):
     x_train, y_train = _read_csv(train_path)
     x_test, y_test = _read_csv(test_path)
     source = f"Kaggle MIT-BIH CSVs {train_path} and {test_path} (fixed intra-patient split)"
-    return Dataset(x_train, y_train, x_test, y_test, class_names=CLASS_NAMES, source=source)
+    return Dataset(x_train, y_train, x_test, y_test, class_names=CLASS_NAMES, source=source,
+                   origin="Kaggle MIT-BIH CSVs (fixed intra-patient split)")
 
 
 def _split_indices(y, record_ids, split, split_seed=0, test_fraction=0.2):
@@ -414,7 +409,8 @@ def _load_records(records_dir, cache_dir, split, split_seed, test_fraction):
     how = (f"intra-patient split, seed {split_seed}, test fraction {test_fraction}"
            if split == "intra" else "inter-patient split DS1/DS2, paced records excluded")
     source = f"mitdb records at {records_dir} (beats cached in {cache_path}; {how})"
-    return Dataset(x[train], y[train], x[test], y[test], class_names=CLASS_NAMES, source=source)
+    return Dataset(x[train], y[train], x[test], y[test], class_names=CLASS_NAMES, source=source,
+                   origin=f"PhysioNet mitdb records, beat recipe {RECIPE_HASH}, {how}")
 
 
 def load_mitbih(data_dir=None, split="intra", cache_dir=None, split_seed=0,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_common import DataCorruptError, DataNotFoundError, Dataset, candidate_dirs
+from al.data_common import DataCorruptError, DataNotFoundError, Dataset, candidate_dirs
 
 FILES = {
     "x_train": "train-images-idx3-ubyte.gz",
@@ -48,14 +48,14 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
 
 def from_idx_dir(folder: Path) -> Dataset:
     arrays = {k: read_idx(folder / name, 3 if k.startswith("x") else 1) for k, name in FILES.items()}
-    return make_dataset(arrays, source=f"idx files in {folder}")
+    return make_dataset(arrays, source=f"idx files in {folder}", origin="MNIST idx files")
 
 
-def make_dataset(arrays: dict, source: str) -> Dataset:
+def make_dataset(arrays: dict, source: str, origin: str) -> Dataset:
     """Scale images to [0, 1] float32 with a channel axis; labels to int64."""
     images = {k: (arrays[k].astype(np.float32) / 255.0)[..., None] for k in ("x_train", "x_test")}
     labels = {k: arrays[k].astype(np.int64) for k in ("y_train", "y_test")}
-    return Dataset(**images, **labels, class_names=CLASS_NAMES, source=source)
+    return Dataset(**images, **labels, class_names=CLASS_NAMES, source=source, origin=origin)
 
 
 def load_mnist(data_dir=None, allow_download: bool = True) -> Dataset:
@@ -83,7 +83,7 @@ def load_mnist(data_dir=None, allow_download: bool = True) -> Dataset:
             import keras
             (xtr, ytr), (xte, yte) = keras.datasets.mnist.load_data()
             return make_dataset({"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte},
-                                source="keras.datasets.mnist")
+                                source="keras.datasets.mnist", origin="keras.datasets.mnist")
         except Exception as err:  # network errors come in many types
             tried_download = f"keras.datasets.mnist.load_data() failed: {err}"
     else:
