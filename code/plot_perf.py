@@ -9,8 +9,10 @@ For each ``results/<dataset>/`` holding ``<strategy>_seed<k>.json`` files it wri
 ``results/<dataset>_classes.png`` (per-class F1 and the class mix each strategy selected)
 and ``results/<dataset>_summary.md`` (the tables below). Partial runs are used up to the
 steps they completed and listed as incomplete; invalid files (not JSON, wrong schema, or
-content that does not match the sha256 the run recorded in ``state/``, i.e. edited or
-truncated) are reported by name and skipped, never averaged in.
+content that does not match the sha256 the run file carries, i.e. edited or truncated; read
+with :func:`al.runs.read_run`, the reader resume uses) are reported by name and skipped,
+never averaged in. Files converted from the old two-file format whose old checksum did not
+exist are counted as not verifiable. Summaries and plots are written atomically.
 
 Statistics: mean +- std over seeds at each budget; labels to target (fewest labels at
 which a strategy's *mean* reaches random's final mean, or a published target); the
@@ -23,14 +25,15 @@ and for AUBC (the ranking table).
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from data_common import REPO_ROOT, resolve_repo_path
-from runfiles import RunFileError, read_result
+from al.runs import RunFileError, read_run as read_run_file, write_bytes_atomic, write_text_atomic
+from al.data_common import REPO_ROOT, resolve_repo_path
 
 PUBLISHED_TARGETS = {"mitbih": 0.74, "mnist": 0.96}  # the published text's reference F1 levels
 BASELINE = "random"
@@ -44,24 +47,17 @@ class InvalidRunFile(ValueError):
 
 # --------------------------------------------------------------------------- reading
 def read_run(path: Path, warnings: list[str] | None = None) -> dict:
-    """Load and validate one run file; raise InvalidRunFile naming the file and the problem.
+    """Load and verify one run file (:func:`al.runs.read_run`); raise InvalidRunFile naming it.
 
-    Checks the JSON, the schema (exactly the documented top-level keys; types and ranges of
-    every step field), that the file name matches its strategy and seed, and the sha256
-    recorded in ``state/<same name>`` (see ``runfiles``): a result edited or truncated after
-    the run wrote it, or one without its state file, is refused. Runs whose state file
-    predates checksums are read, with a note appended to ``warnings``.
+    A converted run whose old result carried no checksum is read, with a note appended to
+    ``warnings``.
     """
     try:
-        run, status, _ = read_result(path)
+        run = read_run_file(path)
     except RunFileError as err:
         raise InvalidRunFile(str(err)) from None
-    expected = f"{run['strategy']}_seed{run['seed']}.json"
-    if Path(path).name != expected:
-        raise InvalidRunFile(f"{path}: holds {run['strategy']} seed {run['seed']}, which belongs in "
-                             f"{expected}; the file was renamed or copied over another run.")
-    if status == "unverified" and warnings is not None:
-        warnings.append(f"{path}: no checksum in its state file (written before checksums); "
+    if run.get("converted", {}).get("checksum_before_conversion") == "none" and warnings is not None:
+        warnings.append(f"{path}: converted from a result written before checksums existed; "
                         "its content is not verified")
     return run
 
@@ -242,7 +238,7 @@ def plot_curves(dataset: str, stats: pd.DataFrame, strategies: list[str], path: 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -263,7 +259,7 @@ def plot_classes(dataset: str, runs: list[dict], strategies: list[str], path: Pa
     axes[0].set_ylabel("F1 (mean over seeds)")
     fig.suptitle(dataset)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -307,6 +303,13 @@ def compare_folders(folder_a: Path, folder_b: Path) -> list[str]:
                      str(seeds), fmt_p(paired_wilcoxon(both, column, "a", "b"))]
             lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def save_figure(fig, path: Path) -> None:
+    """Render ``fig`` as PNG in memory, then write it atomically."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 # --------------------------------------------------------------------------- driver
@@ -357,7 +360,7 @@ def summarize_dataset(folder: Path, out_dir: Path) -> str | None:
              "## Class mix of the labeled set at the final budget (mean over seeds)", "",
              *final_class_table(runs, "labeled_class_counts", strategies, 1), ""]
     summary = out_dir / f"{dataset}_summary.md"
-    summary.write_text("\n".join(lines))
+    write_text_atomic(summary, "\n".join(lines))
     return str(summary)
 
 

@@ -173,14 +173,16 @@ def check_results_folder(tasks: list[RunTask], data: Dataset) -> dict[str, dict]
     Reads every run file in ``<results>/<dataset>/`` with :func:`al.runs.read_run`: one
     written with other hyperparameters or on other data would be mixed into the same plots
     (or stop its worker), and one that fails its digest cannot be resumed. ``--fresh``
-    overwrites the grid's own runs, never the others. Returns the grid's readable runs by
-    file name (none with ``--fresh``).
+    overwrites the grid's own runs, never the others. Two differences only warn, for runs
+    outside this grid: another thread count (same protocol, numbers not bit-comparable) and
+    keys a converted old run did not record. Returns the grid's readable runs by file name
+    (none with ``--fresh``).
     """
     folder = Path(tasks[0].results_dir) / tasks[0].dataset
     config, fresh = tasks[0].config, tasks[0].fresh
     in_grid = {f"{t.strategy}_seed{t.seed}.json" for t in tasks}
     provenance = data.provenance()
-    other_config, modified, found, unrecorded = [], [], {}, 0
+    other_config, modified, found, notes, unrecorded_data = [], [], {}, [], 0
     for path in runs.run_files(folder):
         overwritten = fresh and path.name in in_grid
         try:
@@ -191,15 +193,24 @@ def check_results_folder(tasks: list[RunTask], data: Dataset) -> dict[str, dict]
             elif not overwritten:
                 print(f"warning: {err} (not part of this grid: left alone)", file=sys.stderr)
             continue
-        diffs = runs.config_differences(run["config"], config)
+        keys = runs.differing_keys(run["config"], config)
+        soft = set() if path.name in in_grid else {"threads", *run.get("converted", {}).get("unrecorded_keys", [])}
+        hard = runs.config_differences(run["config"], config, [k for k in keys if k not in soft])
         data_diff = runs.data_difference(run, provenance)
-        unrecorded += run["provenance"].get("data", {}).get("sha256") is None
-        if (diffs or data_diff) and not overwritten:
-            other_config.append(f"  {path}: {'; '.join(diffs + ([data_diff] if data_diff else []))}")
-        elif path.name in in_grid and not fresh:
+        unrecorded_data += run["provenance"]["data"].get("sha256") is None
+        if (hard or data_diff) and not overwritten:
+            other_config.append(f"  {path}: {'; '.join(hard + ([data_diff] if data_diff else []))}")
+            continue
+        if keys and not overwritten:
+            notes.append(f"{path.name} ({'; '.join(runs.config_differences(run['config'], config, keys))})")
+        if path.name in in_grid and not fresh:
             found[path.name] = run
-    if unrecorded:
-        print(f"note: {unrecorded} run file(s) in {folder} were converted from the old format and do "
+    if notes:
+        print(f"note: {len(notes)} run(s) in {folder} outside this grid differ in their thread count or did "
+              f"not record it; their numbers are not bit-comparable with this grid's: "
+              f"{', '.join(notes[:3])}{' ...' if len(notes) > 3 else ''}", file=sys.stderr)
+    if unrecorded_data:
+        print(f"note: {unrecorded_data} run file(s) in {folder} were converted from the old format and do "
               "not record their data; they are not checked against it", file=sys.stderr)
     if other_config or modified:
         text = [f"error: {folder} already holds runs that this grid cannot use:"]

@@ -308,10 +308,14 @@ def run_files(folder: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- comparing
-def config_differences(old: dict, new: dict) -> list[str]:
-    """``key: old on disk vs new now`` for every hyperparameter that differs."""
+def differing_keys(old: dict, new: dict) -> list[str]:
+    return [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def config_differences(old: dict, new: dict, keys: list[str] | None = None) -> list[str]:
+    """``key: old on disk vs new now`` for every hyperparameter that differs (or of ``keys``)."""
     return [f"{k}: {old.get(k)!r} on disk vs {new.get(k)!r} now"
-            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+            for k in (differing_keys(old, new) if keys is None else keys)]
 
 
 def data_difference(run: dict, data_provenance: dict) -> str | None:
