@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 import plot_perf
-import runfiles
+from al import runs
 
 CONFIG = {"start_size": 20, "batch_size": 10, "n_steps": 2, "epochs": 2, "fit_batch_size": 32,
-          "val_fraction": 0.0, "patience": 0, "class_weight": "none", "pool_subsample": 0}
+          "val_fraction": 0.0, "patience": 0, "class_weight": "none", "pool_subsample": 0, "threads": 1}
 # macro-F1 per seed (rows) and step (columns, 20 / 30 / 40 labels)
 F1 = {
     "random": [[0.40, 0.50, 0.60], [0.40, 0.60, 0.70], [0.40, 0.70, 0.80]],
@@ -29,17 +29,18 @@ def run_dict(strategy, seed, f1s, complete=True, n_steps=2):
             "step": k, "n_labeled": n, "macro_f1": f1, "accuracy": f1,
             "per_class_f1": {"a": f1 - 0.05, "b": f1 + 0.05},
             "labeled_class_counts": {"a": n // 2 + seed, "b": n - n // 2 - seed},
-            "train_seconds": 0.1, "score_seconds": 0.0, "eval_seconds": 0.1, "finished_at": 1.0})
-    return {"dataset": "toy", "strategy": strategy, "seed": seed, "config": {**CONFIG, "n_steps": n_steps},
-            "git_commit": "abc", "versions": {"python": "3"}, "complete": complete, "steps": steps}
+            "train_seconds": 0.1, "score_seconds": 0.0, "eval_seconds": 0.1, "finished_at": 1.0,
+            "selected": list(range(20 + 10 * (k - 1), n)) if k else list(range(20))})
+    return {"format": runs.FORMAT, "dataset": "toy", "strategy": strategy, "seed": seed,
+            "config": {**CONFIG, "n_steps": n_steps}, "git_commit": "abc", "versions": {"python": "3"},
+            "provenance": {"data": {"origin": "toy", "sha256": "0" * 64}, "threads": 1},
+            "complete": complete, "steps": steps, "sha256": ""}
 
 
 def write_run(folder: Path, run: dict) -> Path:
-    """Write a run the way the loop does: the state (with the result's sha256), then the result."""
-    name = f"{run['strategy']}_seed{run['seed']}.json"
-    path = folder / name
-    runfiles.save_run(path, folder / "state" / name, run,
-                      {"config_hash": "x", "selected": [[0]] * len(run["steps"])}, None)
+    """Write a run the way the loop does: stamped with its digest, atomically."""
+    path = folder / f"{run['strategy']}_seed{run['seed']}.json"
+    runs.save_run(path, run)
     return path
 
 
@@ -217,13 +218,46 @@ def test_results_dir_with_only_invalid_files_returns_1(tmp_path, capsys):
     assert "random_seed0.json" in err and "No run files" in err
 
 
-def test_state_folder_and_grid_log_are_not_read_as_runs(results):
-    state = results / "toy" / "state"
-    state.mkdir(exist_ok=True)
-    (state / "random_seed0.json").write_text(json.dumps({"selected": [[1, 2]]}))
-    (state / "grid_log.jsonl").write_text("{}\n")
+def test_grid_log_and_subfolders_are_not_read_as_runs(results):
+    (results / "toy" / "grid_log.jsonl").write_text("{}\n")
+    (results / "toy" / "old").mkdir()
+    (results / "toy" / "old" / "random_seed0.json").write_text(json.dumps({"selected": [[1, 2]]}))
     code, summary = summarize(results)
     assert code == 0 and summary.startswith("# toy: 6 runs")
+
+
+def test_hand_edited_run_file_is_refused_by_its_digest(results, capsys):
+    path = results / "toy" / "entropy_seed0.json"
+    edited = json.loads(path.read_text())
+    edited["steps"][2]["macro_f1"] = 0.99  # still a valid schema: only the digest can tell
+    path.write_text(json.dumps(edited))
+    code, summary = summarize(results)
+    assert code == 0
+    assert "entropy_seed0.json: content does not match its sha256" in capsys.readouterr().err
+    assert "Invalid files skipped: 1" in summary
+
+
+def test_converted_runs_without_an_old_checksum_are_counted_as_not_verifiable(results):
+    path = results / "toy" / "random_seed0.json"
+    run = json.loads(path.read_text())
+    run["converted"] = {"checksum_before_conversion": "none"}
+    runs.save_run(path, run)
+    run = json.loads((results / "toy" / "random_seed1.json").read_text())
+    run["converted"] = {"checksum_before_conversion": "verified"}
+    runs.save_run(results / "toy" / "random_seed1.json", run)
+    code, summary = summarize(results)
+    assert code == 0 and "Files not verifiable (written before checksums existed): 1" in summary
+
+
+def test_summary_and_plots_are_written_atomically(results, monkeypatch):
+    import al.runs
+    written = []
+    original = al.runs.write_bytes_atomic
+    monkeypatch.setattr(al.runs, "write_bytes_atomic", lambda path, data: (written.append(Path(path).name),
+                                                                          original(path, data)))
+    monkeypatch.setattr(plot_perf, "write_bytes_atomic", al.runs.write_bytes_atomic)
+    assert summarize(results)[0] == 0
+    assert {"toy_summary.md", "toy_perf.png", "toy_classes.png"} <= set(written)
 
 
 def test_single_seed_has_no_std_and_no_p_value(tmp_path):
