@@ -36,11 +36,12 @@ nothing is labeled yet, and the first queue is then drawn at random.
 
 Models (``--model``): ``auto`` picks ``cnn2d`` for images, ``cnn1d`` for CSV rows of at least
 100 features (sampled signals) and ``mlp`` otherwise. ``mlp`` is two dense layers on
-standardized features (defined here); ``cnn1d`` is the 1D-CNN of ``mitbih.py`` and ``cnn2d``
-the CNN of ``mnist.py``, with those scripts' default hyperparameters. A path to a ``.keras``
-file uses your model: it is cloned with ``keras.models.clone_model`` (fresh weights) and
-compiled with Adam and sparse categorical cross-entropy every round, so training starts from
-scratch; it must accept the samples' shape and end in a softmax over the classes.
+standardized features; ``cnn1d`` is the 1D-CNN of ``mitbih.py`` and ``cnn2d`` the CNN of
+``mnist.py``, with those scripts' default hyperparameters (all three built by
+``code/al/models.py``). A path to a ``.keras`` file uses your model: it is cloned with
+``keras.models.clone_model`` (fresh weights) and compiled with Adam and sparse categorical
+cross-entropy every round, so training starts from scratch; it must accept the samples'
+shape and end in a softmax over the classes.
 
 Every round trains a fresh model on all labels, seeded from ``--seed`` and the number of
 labels: the same labels give the same model and the same queue.
@@ -56,7 +57,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import io
 import os
 import sys
@@ -67,9 +67,11 @@ from typing import Callable
 
 import numpy as np
 
-import data_common  # noqa: F401  (silences TensorFlow's start-up chatter before it loads)
-from runfiles import write_text_atomic
-from strategies import STRATEGIES, entropy, get_strategy, predict_proba
+from al import models
+from al.keras_ops import configure_tensorflow, import_tensorflow, predict_proba
+from al.loop import train_fresh_model
+from al.runs import write_text_atomic
+from al.strategies import STRATEGIES, entropy, get_strategy
 
 QUEUE_COLUMNS = ("rank", "id", "predicted", "confidence", "uncertainty", "label")
 LABEL_COLUMNS = ("id", "label")
@@ -79,8 +81,16 @@ SIGNAL_MIN_FEATURES = 100   # --model auto: CSV rows this long are signals -> cn
 MAX_CV_FOLDS = 5
 SAMPLES_PER_EPOCH = 2048    # small labeled sets are tiled into epochs of about this size
 MAX_EXAMPLES = 5            # problems listed per error message
+# Hyperparameters of the built-in models: the keys their builder in al.models reads, plus
+# epochs and fit_batch_size. CNN1D_CONFIG / CNN2D_CONFIG are the defaults of mitbih.py /
+# mnist.py (tests/test_annotate.py checks that they agree).
 MLP_CONFIG = {"dense_units": [64, 64], "dropout": 0.1, "learning_rate": 3e-3,
               "epochs": 100, "fit_batch_size": 16}
+CNN1D_CONFIG = {"conv_filters": [16, 32, 32, 64], "kernel_sizes": [5, 3, 3, 3], "batch_norm": 1,
+                "bn_momentum": 0.9, "dropout": 0.1, "dense_units": [64, 64], "learning_rate": 1e-3,
+                "epochs": 20, "fit_batch_size": 64}
+CNN2D_CONFIG = {"conv_filters": [32, 64], "dense_units": 128, "dropout": 0.25, "learning_rate": 1e-3,
+                "epochs": 20, "fit_batch_size": 32}
 USER_MODEL_CONFIG = {"learning_rate": 1e-3, "epochs": 20, "fit_batch_size": 32}
 
 
@@ -478,21 +488,6 @@ def model_kind(choice: str, data: UserData) -> str:
                           f"nor an existing .keras model file.")
 
 
-def build_mlp(config: dict, input_shape, n_classes: int):
-    """Dense layers with dropout, softmax output; Adam."""
-    import keras
-    from keras import layers
-
-    model = keras.Sequential([keras.Input(shape=input_shape)])
-    for units in config["dense_units"]:
-        model.add(layers.Dense(int(units), activation="relu"))
-        model.add(layers.Dropout(config["dropout"]))
-    model.add(layers.Dense(n_classes, activation="softmax"))
-    model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]),
-                  loss="sparse_categorical_crossentropy")
-    return model
-
-
 def flat_standardizer(x: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """Flatten samples and z-score each feature with the mean and std of all samples.
 
@@ -544,21 +539,18 @@ def user_model_spec(path: Path, data: UserData, n_classes: int) -> ModelSpec:
 
 def model_spec(args, data: UserData, n_classes: int) -> ModelSpec:
     """The model to train every round, with its hyperparameters and input preparation."""
-    import experiment
     kind = model_kind(args.model, data)
     if kind == "file":
         spec = user_model_spec(Path(args.model).expanduser(), data, n_classes)
     elif kind == "mlp":
-        spec = ModelSpec("mlp", build_mlp, dict(MLP_CONFIG), flat_standardizer(data.x))
+        spec = ModelSpec("mlp", models.mlp, dict(MLP_CONFIG), flat_standardizer(data.x))
     elif kind == "cnn1d":
-        import mitbih
-        spec = ModelSpec("cnn1d", mitbih.build_model, experiment.hyperparameters(vars(mitbih)),
+        spec = ModelSpec("cnn1d", models.ecg_cnn, dict(CNN1D_CONFIG),
                          add_channel_axis if data.x.ndim == 2 else unchanged)
     else:
-        import mnist
         if data.x.ndim != 4:
             raise AnnotationError("--model cnn2d needs images; use mlp or cnn1d for CSV data.")
-        spec = ModelSpec("cnn2d", mnist.build_model, experiment.hyperparameters(vars(mnist)), unchanged)
+        spec = ModelSpec("cnn2d", models.mnist_cnn, dict(CNN2D_CONFIG), unchanged)
     for key in ("epochs", "fit_batch_size", "learning_rate"):
         if getattr(args, key) is not None:
             spec.config[key] = getattr(args, key)
@@ -583,7 +575,6 @@ def fewer_longer_epochs(x: np.ndarray, y: np.ndarray, epochs: int):
 
 def train(spec: ModelSpec, x: np.ndarray, y: np.ndarray, n_classes: int, seed_seq: list[int]):
     """A fresh model fitted on (x, y); clear errors for a model that does not fit the data."""
-    from al_loop import train_fresh_model
     x = spec.prepare(x)
     x_fit, y_fit, epochs = fewer_longer_epochs(x, y, int(spec.config["epochs"]))
     try:
@@ -636,22 +627,17 @@ def cross_validated_f1(spec: ModelSpec, x, y, n_classes: int, seed: int) -> tupl
 
 
 # =========================================================================== the queue
-def wants_labeled(strategy) -> bool:
-    """Whether ``select`` gets the labeled samples (``uses_labeled``; else: if it takes them)."""
-    if hasattr(strategy, "uses_labeled"):
-        return bool(strategy.uses_labeled)
-    return "x_labeled" in inspect.signature(strategy.select).parameters
-
-
 def select_queue(strategy, model, x_pool: np.ndarray, x_labeled: np.ndarray, batch_size: int,
                  rng: np.random.Generator) -> np.ndarray:
-    """Positions into ``x_pool`` of the next samples to label, most wanted first."""
+    """Positions into ``x_pool`` of the next samples to label, most wanted first.
+
+    ``strategy.select`` always gets every argument, the labeled samples included.
+    """
     k = min(batch_size, len(x_pool))
     if k == 0:
         return np.zeros(0, dtype=np.int64)
-    extra = {"x_labeled": x_labeled} if wants_labeled(strategy) else {}
     try:
-        positions = np.asarray(strategy.select(model, x_pool, k, rng, **extra), dtype=np.int64)
+        positions = np.asarray(strategy.select(model, x_pool, k, rng, x_labeled), dtype=np.int64)
     except (TypeError, ValueError) as err:
         raise AnnotationError(f"strategy {strategy.name!r} cannot work with this model ({err}); "
                               f"choose another --strategy (e.g. entropy).") from None
@@ -871,12 +857,27 @@ def check_options(args) -> None:
             raise AnnotationError(f"--{key.replace('_', '-')} must be positive, got {value}")
 
 
+def configure_threads() -> int:
+    """Set TensorFlow up to use every core; returns the thread count it runs with.
+
+    The count is fixed per process (:func:`al.keras_ops.configure_tensorflow`). When this
+    process already configured TensorFlow with another count (``annotate`` called from a
+    program that set it up first, such as the test session), that count is kept.
+    """
+    try:
+        return configure_tensorflow(os.cpu_count() or 1)
+    except RuntimeError:
+        threads = import_tensorflow().config.threading.get_intra_op_parallelism_threads()
+        if threads < 1:  # TensorFlow started before any count was set: nothing to keep
+            raise
+        return configure_tensorflow(threads)
+
+
 def run(argv=None) -> dict:
     """Parse ``argv`` and run the command; returns its summary. Raises :class:`AnnotationError`."""
-    import experiment
     args = build_parser().parse_args(argv)
     check_options(args)
-    experiment.configure_tensorflow(os.cpu_count() or 1)
+    configure_threads()
     return command_next(args) if args.command == "next" else command_status(args)
 
 

@@ -7,12 +7,13 @@ Run by hand (not in CI)::
     python code/bench_training.py --smoke               # seconds; tests the script only
 
 Training is most of a protocol step (``results/benchmark.md``), so this measures what the
-usual CPU levers do to it: each option trains the dataset script's model on the same
-labeled set (``default_rng(0)``, the final budget) in its own spawned process configured
-like a protocol worker (``cpu_count // jobs`` TensorFlow threads, after an untimed tiny
-fit), and reports fit seconds (graph tracing included: every step builds a fresh model)
-and test macro-F1. The F1 is one seed, a sanity check only: an option is worth a protocol
-run only if it is clearly faster. Writes ``<out-dir>/bench_training.md`` and ``.json``.
+usual CPU levers do to it: each option trains the dataset script's model (``code/<dataset>.py``,
+loaded as a module) on the same labeled set (``default_rng(al.bench.LABEL_SEED)``, the final
+budget) in its own spawned process configured like a protocol worker (``--threads``
+TensorFlow threads, default 1 as the protocol's ``--threads``; ``threads2x`` doubles them),
+after an untimed tiny fit, and reports fit seconds (graph tracing included: every step builds
+a fresh model) and test macro-F1. The F1 is one seed, a sanity check only: an option is worth
+a protocol run only if it is clearly faster. Writes ``<out-dir>/bench_training.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import faulthandler
-import os
+import importlib
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-import benchmark
+from al import bench
+from al.loop import class_weights, evaluate
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ OPTIONS = {
     "epochs_half": Option("half the epochs (half the updates)", config=halve("epochs")),
     "no_batchnorm": Option("BatchNormalization off (where the model has it)",
                            config=lambda c: {"batch_norm": 0}, needs=("batch_norm",)),
-    "threads2x": Option("twice the TensorFlow threads (one run alone on the machine)", threads_factor=2),
+    "threads2x": Option("twice the TensorFlow threads of --threads", threads_factor=2),
 }
 SMOKE = {"labeled": 64, "test": 256, "epochs": 1}
 
@@ -77,10 +79,9 @@ def fit_once(module, config: dict, option: str, x, y, n_classes: int):
     """Build the script's model as the loop does, recompile with the option, fit; return (model, s)."""
     import keras
 
-    from al_loop import class_weights
     compile_overrides, policy = OPTIONS[option].compile, OPTIONS[option].policy
     t0 = time.perf_counter()
-    keras.utils.set_random_seed(benchmark.LABEL_SEED)
+    keras.utils.set_random_seed(bench.LABEL_SEED)
     keras.backend.clear_session(free_memory=False)  # also resets the dtype policy: set it after
     keras.mixed_precision.set_global_policy(policy or "float32")
     model = module.build_model(config, x.shape[1:], n_classes)
@@ -93,28 +94,28 @@ def fit_once(module, config: dict, option: str, x, y, n_classes: int):
 
 
 def measure_option(specs: list[dict]) -> list[dict]:
-    """Worker entry point: one option of one dataset (``specs`` holds one spec)."""
-    import experiment
-    import tensorflow as tf
+    """Worker entry point: one option of one dataset (``specs`` holds one spec).
 
-    from al_loop import evaluate
+    TensorFlow runs with the spec's ``threads`` (times the option's ``threads_factor``), as a
+    protocol worker with that ``--threads``.
+    """
     faulthandler.enable()  # a native crash (TensorFlow) then leaves a traceback on stderr
     spec = specs[0]
-    threads = max(1, (os.cpu_count() or 1) // spec["jobs"]) * OPTIONS[spec["option"]].threads_factor
-    experiment.configure_tensorflow(threads)
+    threads = spec["threads"] * OPTIONS[spec["option"]].threads_factor
+    setting = bench.configure_process("ours", threads)
     if not OPTIONS[spec["option"]].deterministic:
         from tensorflow.python.framework import config as tf_config  # no public switch back
         tf_config.disable_op_determinism()
-    module = benchmark.script_module(spec["dataset"])
-    config = benchmark.default_config(module)
+    module = importlib.import_module(spec["dataset"])  # the dataset script code/<dataset>.py
+    config = bench.default_config(module, threads)
     data = module.load_data(config, spec["data_dir"])
     if spec["smoke"]:
         config["epochs"] = SMOKE["epochs"]
         data = dataclasses.replace(data, x_test=data.x_test[:SMOKE["test"]], y_test=data.y_test[:SMOKE["test"]])
     config = option_config(config, spec["option"])
     n_classes = len(data.class_names)
-    labeled = np.random.default_rng(benchmark.LABEL_SEED).choice(len(data.x_train), spec["n_labeled"],
-                                                                  replace=False)
+    labeled = np.random.default_rng(bench.LABEL_SEED).choice(len(data.x_train), spec["n_labeled"],
+                                                              replace=False)
     x, y = data.x_train[labeled], data.y_train[labeled]
     fit_once(module, {**config, "epochs": 1}, spec["option"], x[:64], y[:64], n_classes)  # warm-up
     repeats = []
@@ -123,12 +124,11 @@ def measure_option(specs: list[dict]) -> list[dict]:
         repeats.append(seconds)
     return [{**spec, "fit_seconds": min(repeats), "fit_seconds_repeats": repeats,
              "macro_f1": evaluate(model, data)["macro_f1"],
-             "threads": threads, "epochs": config["epochs"], "fit_batch_size": config["fit_batch_size"],
-             "tensorflow": tf.__version__, "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]}]
+             "epochs": config["epochs"], "fit_batch_size": config["fit_batch_size"], **setting}]
 
 
 def markdown(report: dict) -> str:
-    lines = benchmark.side_by_side_header(report, "Training-speed options: one training at the final budget")
+    lines = bench.side_by_side_header(report, "Training-speed options: one training at the final budget")
     lines += ["- Fit seconds: the fastest of the repeats (all listed in the JSON); they include "
              "building the model and tracing its graph, as every step trains a fresh model. "
              "Macro-F1: one seed, a sanity check, not a result; an option that computes the same "
@@ -147,21 +147,21 @@ def markdown(report: dict) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python code/bench_training.py",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", default=",".join(benchmark.DATASETS), metavar="A,B")
+    parser.add_argument("--datasets", default=",".join(bench.DATASETS), metavar="A,B")
     parser.add_argument("--options", default=",".join(OPTIONS), metavar="A,B",
                         help=f"options to time (default all: {', '.join(OPTIONS)}); default is always included")
-    benchmark.add_side_by_side_arguments(
+    bench.add_side_by_side_arguments(
         parser, "bench_training", "fits per option (same seed); the table shows the fastest (default 2)")
     parser.add_argument("--smoke", action="store_true", help="64 labels, 1 epoch: tests the script only")
     args = parser.parse_args(argv)
     args.datasets = [d for d in args.datasets.split(",") if d]
     args.options = list(dict.fromkeys(["default"] + [o for o in args.options.split(",") if o]))
-    bad = sorted(set(args.datasets) - set(benchmark.DATASETS)) + sorted(set(args.options) - set(OPTIONS))
+    bad = sorted(set(args.datasets) - set(bench.DATASETS)) + sorted(set(args.options) - set(OPTIONS))
     if bad or not args.datasets:
-        parser.error(f"unknown datasets or options {bad}; datasets: {', '.join(benchmark.DATASETS)}; "
+        parser.error(f"unknown datasets or options {bad}; datasets: {', '.join(bench.DATASETS)}; "
                      f"options: {', '.join(OPTIONS)}")
-    if args.jobs < 1 or args.repeats < 1:
-        parser.error("--jobs and --repeats must be >= 1")
+    if args.threads < 1 or args.repeats < 1:
+        parser.error("--threads and --repeats must be >= 1")
     return args
 
 
@@ -169,21 +169,20 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     measurements = []
     for dataset in args.datasets:
-        module = benchmark.script_module(dataset)
-        protocol = benchmark.protocol_of(module)
-        final = protocol["start_size"] + protocol["n_steps"] * protocol["batch_size"]
+        module = importlib.import_module(dataset)  # the dataset script code/<dataset>.py
+        final = bench.final_budget(bench.protocol_of(module))
         for option in args.options:
-            if not applies(option, benchmark.default_config(module)):
+            if not applies(option, bench.default_config(module, args.threads)):
                 print(f"{dataset:>6} {option:>11}: skipped, the model has no {OPTIONS[option].needs}")
                 continue
-            spec = {"dataset": dataset, "option": option, "jobs": args.jobs, "smoke": args.smoke,
+            spec = {"dataset": dataset, "option": option, "threads": args.threads, "smoke": args.smoke,
                     "repeats": args.repeats,
                     "n_labeled": SMOKE["labeled"] if args.smoke else final, "data_dir": args.data_dir}
-            m = benchmark.in_fresh_process([spec], measure_option)[0]
+            m = bench.in_fresh_process([spec], measure_option)[0]
             print(f"{dataset:>6} {option:>11}: fit {m['fit_seconds']:.1f} s, macro-F1 {m['macro_f1']:.4f}",
                   flush=True)
             measurements.append(m)
-    return benchmark.write_side_by_side("bench_training", args, argv, measurements, markdown)
+    return bench.write_side_by_side("bench_training", args, argv, measurements, markdown)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ For each dataset it measures, at the smallest and the largest label count of the
   entropy, top-k by sorting, then the test set predicted at batch size 32. It runs with
   TensorFlow's default threads (all cores), as the published single-process code did;
 * **our step**: the dataset script's ``build_model`` and default hyperparameters, timed
-  through ``al_loop.train_fresh_model``, ``al_loop.select_next`` (entropy) and
-  ``al_loop.evaluate``, in a process configured like a protocol worker
-  (``experiment.configure_tensorflow(cpu_count // jobs)``).
+  through ``al.loop.train_fresh_model``, ``al.loop.select_next`` (entropy) and
+  ``al.loop.evaluate``, in a process configured like a protocol worker: ``--threads``
+  TensorFlow threads (default 1, the protocol's default ``--threads``), deterministic kernels.
 
 Every measurement runs in its own spawned process (TensorFlow's thread settings are per
 process and fixed once it starts), which first runs one untimed tiny step so that
@@ -33,7 +33,13 @@ scales the scoring time by 1 / f. Scaled numbers are flagged in both outputs.
 The reference times at the two label counts are interpolated linearly in the number of
 labels to project the published code's whole protocol (``N_SEEDS`` x ``STRATEGIES`` x all
 steps, one process), which is compared with the wall time of this project's last complete
-protocol run on this machine, read from ``results/<dataset>/state/grid_log.jsonl``.
+protocol run on this machine with the same config (``--threads`` included), read from
+``results/<dataset>/grid_log.jsonl``; a grid that resumed runs counts only if every step of
+every run file (read with ``al.runs.read_run``) finished during it.
+
+The dataset scripts ``code/mnist.py`` and ``code/mitbih.py`` are loaded as modules (their
+``main`` does not run) for their hyperparameters, ``load_data`` and ``build_model``; what
+the benchmark scripts share lives in ``al.bench``.
 
 Writes ``<out-dir>/benchmark.md`` (a table) and ``<out-dir>/benchmark.json``.
 """
@@ -46,24 +52,22 @@ import importlib
 import json
 import math
 import os
-import shlex
-import sys
-import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
 
-from data_common import Dataset, resolve_repo_path  # imported first: sets TensorFlow's log level
+from al import bench, cli, runs
+from al.bench import DATASETS, LABEL_SEED
+from al.data_common import Dataset, resolve_repo_path
+from al.loop import evaluate, select_next, train_fresh_model
+from al.strategies import get_strategy
 
-DATASETS = ("mnist", "mitbih")
 COMPONENTS = ("train", "score", "eval")
 REF_BATCH_SIZE = 32  # the published code fits, predicts and runs MC dropout at batch size 32
-LABEL_SEED = 0       # np.random.default_rng(0) draws the benchmark's labeled set
 QUERY_STRATEGY = "entropy"
 SMOKE = {"pool": 512, "test": 256, "epochs": 2, "ref_epochs_measured": 1, "ref_score_fraction": 0.5}
 TINY = {"labeled": 64, "pool": 160, "test": 64}  # the untimed warm-up step of every process
@@ -206,8 +210,6 @@ def project_protocol_seconds(step_seconds: dict[int, dict[str, float]], start_si
     -------
     ``{"train": s, "score": s, "eval": s, "total": s}`` summed over all runs.
     """
-    from strategies import get_strategy
-
     def at(n, component):
         return interpolate(n, {k: v[component] for k, v in step_seconds.items()})
 
@@ -257,28 +259,25 @@ def computed_every_step(line: dict, results_dir: Path, dataset: str) -> bool:
 
     A ``--fresh`` grid recomputes everything, and a line is only logged after all its runs
     returned. A grid that was not fresh may have resumed earlier runs, so it counts only if
-    every run's result file is complete, has the grid's config, and every step finished
-    inside the grid's time window (no step was taken over from an earlier grid; results
+    every run file (``al.runs.run_path``) passes ``al.runs.read_run`` (a missing, corrupt or
+    hand-edited file does not), is complete, has the grid's config, and every step finished
+    inside the grid's time window (no step was taken over from an earlier grid; runs
     overwritten since then cannot be verified and are rejected).
     """
     if line.get("fresh") is True:
         return True
-    from al_loop import run_paths
-
     started = line["started_at"]
     ended = started + line["wall_seconds"] + 60  # slack: the log is written after the last step
     n_steps = line["config"].get("n_steps")
     for strategy in line["strategies"]:
         for seed in line["seeds"]:
-            result_path, _ = run_paths(results_dir, dataset, strategy, seed)
             try:
-                result = json.loads(result_path.read_text())
-            except (OSError, json.JSONDecodeError):
+                run = runs.read_run(runs.run_path(results_dir, dataset, strategy, seed))
+            except runs.RunFileError:
                 return False
-            steps = result.get("steps", [])
-            finished = [s.get("finished_at") for s in steps]
-            if (not result.get("complete") or result.get("config") != line["config"]
-                    or len(steps) != n_steps + 1 or None in finished
+            finished = [s.get("finished_at") for s in run["steps"]]
+            if (not run["complete"] or run["config"] != line["config"]
+                    or len(run["steps"]) != n_steps + 1 or None in finished
                     or not all(started <= t <= ended for t in finished)):
                 return False
     return True
@@ -287,7 +286,7 @@ def computed_every_step(line: dict, results_dir: Path, dataset: str) -> bool:
 def latest_protocol_run(results_dir: Path, dataset: str, config: dict, n_seeds: int,
                         strategies: list[str], cpu_cores: int | None) -> dict | None:
     """The latest complete default-protocol grid of ``dataset`` in its grid log, or None."""
-    path = results_dir / dataset / "state" / "grid_log.jsonl"
+    path = Path(results_dir) / dataset / "grid_log.jsonl"
     lines = [line for line in read_grid_log(path)
              if is_protocol_grid(line, config, n_seeds, strategies, cpu_cores)
              and computed_every_step(line, results_dir, dataset)]
@@ -295,24 +294,9 @@ def latest_protocol_run(results_dir: Path, dataset: str, config: dict, n_seeds: 
 
 
 # --------------------------------------------------------------------------- dataset plans
-def script_module(dataset: str):
-    """The dataset script (``code/<dataset>.py``) as a module; its ``main`` does not run."""
+def dataset_script(dataset: str):
+    """The dataset script ``code/<dataset>.py`` as a module (its ``main`` does not run)."""
     return importlib.import_module(dataset)
-
-
-def default_config(module) -> dict:
-    """A dataset script's run config: its UPPER_CASE defaults minus the grid keys."""
-    import experiment
-    return {k: v for k, v in experiment.hyperparameters(vars(module)).items()
-            if k not in experiment.GRID_KEYS}
-
-
-def protocol_of(module) -> dict:
-    """Budget and grid of a dataset script's default protocol."""
-    import experiment
-    hp = experiment.hyperparameters(vars(module))
-    return {"start_size": hp["start_size"], "batch_size": hp["batch_size"], "n_steps": hp["n_steps"],
-            "n_seeds": hp["n_seeds"], "strategies": list(hp["strategies"])}
 
 
 def results_folder(module, config: dict, dataset: str) -> str:
@@ -395,8 +379,6 @@ def reference_scores(model, x_pool: np.ndarray, mc_passes: int) -> list[float]:
 def reference_step(ref: Reference, data: Dataset, labeled_idx: np.ndarray, k: int,
                    epochs_measured: int, score_fraction: float) -> dict:
     """Time one published-style step; train and score may be measured in part and scaled."""
-    from sklearn.metrics import accuracy_score, f1_score
-
     x_lab, y_lab = data.x_train[labeled_idx], data.y_train[labeled_idx]
     x_pool = data.x_train[len(labeled_idx):]  # step_data puts the labeled samples first
     epochs_measured = min(epochs_measured, ref.epochs)
@@ -415,10 +397,10 @@ def reference_step(ref: Reference, data: Dataset, labeled_idx: np.ndarray, k: in
     y_pred = model.predict(data.x_test, batch_size=REF_BATCH_SIZE, verbose=0).argmax(axis=1)
     macro_f1 = f1_score(data.y_test, y_pred, average="macro")
     accuracy_score(data.y_test, y_pred)  # the published code reports both; the cost is part of eval
-    evaluate = time.perf_counter() - t0
+    eval_seconds = time.perf_counter() - t0
     return {"seconds": {"train": train, "score": score_measured * len(x_pool) / n_scored,
-                        "eval": evaluate},
-            "measured_seconds": {"train": train_measured, "score": score_measured, "eval": evaluate},
+                        "eval": eval_seconds},
+            "measured_seconds": {"train": train_measured, "score": score_measured, "eval": eval_seconds},
             "scaled": {"train": epochs_measured < ref.epochs, "score": n_scored < len(x_pool),
                        "eval": False},
             "epochs": {"full": ref.epochs, "measured": epochs_measured},
@@ -427,9 +409,6 @@ def reference_step(ref: Reference, data: Dataset, labeled_idx: np.ndarray, k: in
 
 def our_step(module, config: dict, data: Dataset, labeled_idx: np.ndarray) -> dict:
     """Time one step of this project's loop, through the loop's own functions."""
-    from al_loop import evaluate, select_next, train_fresh_model
-    from strategies import get_strategy
-
     n_classes = len(data.class_names)
     t0 = time.perf_counter()
     model = train_fresh_model(module.build_model, config, data.x_train[labeled_idx],
@@ -453,27 +432,10 @@ def our_step(module, config: dict, data: Dataset, labeled_idx: np.ndarray) -> di
 
 
 # --------------------------------------------------------------------------- worker processes
-def configure_process(kind: str, jobs: int | None, n_runs: int) -> dict:
-    """Set this process's TensorFlow threads: ours like a protocol worker, reference TF defaults."""
-    import experiment
-    import tensorflow as tf
-
-    if kind == "ours":
-        jobs = jobs or experiment.default_jobs(n_runs)
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        experiment.configure_tensorflow(threads)
-        setting = {"jobs": jobs, "threads": threads}
-    else:  # the published code set nothing: all cores, no deterministic kernels
-        tf.get_logger().setLevel("ERROR")
-        setting = {"jobs": None, "threads": "TensorFlow default (all cores)"}
-    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    return {**setting, "tensorflow": tf.__version__, "gpus": gpus}
-
-
 def measure(spec: dict, data: Dataset, warm_up: bool) -> dict:
     """One measurement (dataset x label count x kind), after an untimed tiny step if ``warm_up``."""
-    module = script_module(spec["dataset"])
-    config, ref = default_config(module), REFERENCES[spec["dataset"]]
+    module = dataset_script(spec["dataset"])
+    config, ref = bench.default_config(module, spec["threads"]), REFERENCES[spec["dataset"]]
     if spec["smoke"]:
         config["epochs"] = SMOKE["epochs"]
         ref = replace(ref, epochs=SMOKE["epochs"])
@@ -504,29 +466,17 @@ def run_measurements(specs: list[dict]) -> list[dict]:
     """
     faulthandler.enable()  # a native crash (TensorFlow) then leaves a traceback on stderr
     first = specs[0]
-    setting = configure_process(first["kind"], first["jobs"], first["n_runs"])
+    setting = bench.configure_process(first["kind"], first["threads"])
     loaded: dict[str, Dataset] = {}
     results = []
     for spec in specs:
         if spec["dataset"] not in loaded:
-            module = script_module(spec["dataset"])
-            loaded[spec["dataset"]] = module.load_data(default_config(module), spec["data_dir"])
+            module = dataset_script(spec["dataset"])
+            loaded[spec["dataset"]] = module.load_data(bench.default_config(module, spec["threads"]),
+                                                       spec["data_dir"])
         warm_up = not results
         results.append({**measure(spec, loaded[spec["dataset"]], warm_up), **setting})
     return results
-
-
-def in_fresh_process(specs: list[dict], worker: Callable = run_measurements) -> list[dict]:
-    """Run ``worker(specs)`` in a new spawned Python process, so TensorFlow starts from scratch."""
-    import multiprocessing as mp
-    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-        try:
-            return pool.submit(worker, specs).result()
-        except BrokenProcessPool:
-            which = ", ".join(" ".join(str(s[k]) for k in ("dataset", "kind", "option", "n_labeled")
-                                       if k in s) for s in specs)
-            raise RuntimeError(f"the worker process measuring {which} died (killed, out of memory, "
-                               "or a native crash: see its stderr above); rerun the benchmark") from None
 
 
 def process_groups(specs: list[dict], smoke: bool) -> list[list[dict]]:
@@ -538,56 +488,6 @@ def process_groups(specs: list[dict], smoke: bool) -> list[list[dict]]:
 
 
 # --------------------------------------------------------------------------- report
-def add_side_by_side_arguments(parser: argparse.ArgumentParser, name: str, repeats_help: str) -> None:
-    """The run-control options bench_training.py and bench_scoring.py share."""
-    parser.add_argument("--jobs", type=int, default=2, metavar="J",
-                        help="protocol jobs a worker is configured for: threads = cpu_count // J (default 2)")
-    parser.add_argument("--repeats", type=int, default=2, metavar="R", help=repeats_help)
-    parser.add_argument("--data-dir", default=None, metavar="DIR")
-    parser.add_argument("--out-dir", default=None, metavar="DIR",
-                        help=f"where {name}.md/.json go (default results/; --smoke: a temporary folder)")
-
-
-def write_side_by_side(name: str, args, argv, measurements: list[dict], markdown: Callable) -> dict:
-    """Report of a side-by-side benchmark (machine, commit, command, measurements), written to
-    ``<out-dir>/<name>.json`` and ``.md``; ``--smoke`` writes to a temporary folder."""
-    from al_loop import git_commit, write_json_atomic
-    if args.out_dir is None:
-        args.out_dir = tempfile.mkdtemp(prefix=f"{name}_smoke_") if args.smoke else "results"
-    out_dir = resolve_repo_path(args.out_dir)
-    command = f"python code/{name}.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
-    report = {"command": command.strip(), "cpu_cores": os.cpu_count(), "cpu_model": cpu_model(),
-              "tensorflow": measurements[0]["tensorflow"], "gpus": measurements[0]["gpus"],
-              "git_commit": git_commit(), "created_at": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-              "smoke": args.smoke, "measurements": measurements}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / f"{name}.json", report)
-    (out_dir / f"{name}.md").write_text(markdown(report))
-    print(f"wrote {out_dir / (name + '.md')} and {name}.json")
-    return report
-
-
-def side_by_side_header(report: dict, title: str) -> list[str]:
-    """Title, command, machine and commit lines of a side-by-side benchmark's markdown."""
-    return [f"# {title}", "",
-            f"- Command: `{report['command']}`",
-            (f"- Machine: {report['cpu_cores']} CPU cores ({report['cpu_model']}), TensorFlow "
-             f"{report['tensorflow']}, GPU: {', '.join(report['gpus']) or 'none'}"),
-            f"- Date: {report['created_at']}, code at {report['git_commit']}"]
-
-
-def cpu_model() -> str:
-    """The CPU's "model name" from /proc/cpuinfo (Linux), else the platform's processor."""
-    import platform
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def ratio(numerator, denominator):
     """``numerator / denominator``, or None when either is missing or the denominator is 0."""
     if numerator is None or not denominator:
@@ -623,8 +523,6 @@ def dataset_report(dataset: str, plan: dict, measurements: list[dict], protocol_
 
 def build_report(plans: dict, measurements: list[dict], args, command: str) -> dict:
     """Everything ``benchmark.json`` holds; top-level sums cover the benchmarked datasets."""
-    from al_loop import git_commit
-
     per_dataset = {ds: dataset_report(ds, plan, measurements, args.protocol_results_dir)
                    for ds, plan in plans.items()}
     projected = sum(r["reference_protocol_minutes_projected"] for r in per_dataset.values())
@@ -637,13 +535,12 @@ def build_report(plans: dict, measurements: list[dict], args, command: str) -> d
         "reference_protocol_minutes_projected": projected,
         "protocol_minutes_measured": measured_total,
         "speedup_protocol": ratio(projected, measured_total),
-        "cpu_cores": os.cpu_count(), "cpu_model": cpu_model(),
-        "tensorflow": ours["tensorflow"], "gpus": ours["gpus"],
-        "ours_jobs": ours["jobs"], "ours_threads": ours["threads"],
-        "command": command, "smoke": args.smoke, "git_commit": git_commit(),
+        "cpu_cores": os.cpu_count(), "cpu_model": runs.cpu_model(),
+        "tensorflow": ours["tensorflow"], "gpus": ours["gpus"], "ours_threads": ours["threads"],
+        "command": command, "smoke": args.smoke, "git_commit": runs.git_commit(),
         "created_at": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "options": {"datasets": list(plans), "ref_train_epochs_measured": args.ref_train_epochs_measured,
-                    "ref_score_fraction": args.ref_score_fraction, "jobs": args.jobs,
+                    "ref_score_fraction": args.ref_score_fraction, "threads": args.threads,
                     "protocol_results_dir": str(args.protocol_results_dir)},
         "datasets": per_dataset,
     }
@@ -697,7 +594,8 @@ def protocol_rows(report: dict) -> list[str]:
     for ds, r in report["datasets"].items():
         run = r["protocol_run"]
         used = (f"grid of {time.strftime('%Y-%m-%d %H:%M', time.localtime(run['started_at']))}, "
-                f"jobs {run['jobs']}, code {str(run.get('git_commit'))[:12]}, "
+                f"jobs {run['jobs']}, threads {run.get('threads')}, "
+                f"code {str(run.get('git_commit'))[:12]}, "
                 f"{'fresh' if run.get('fresh') else 'verified from result files'}"
                 if run else "no complete default-protocol run in grid_log.jsonl")
         rows.append(f"| {ds} | {r['reference_protocol_minutes_projected']:.1f} | "
@@ -711,19 +609,13 @@ def protocol_rows(report: dict) -> list[str]:
 
 def markdown(report: dict) -> str:
     """``benchmark.md``: machine, command, per-step table, protocol projection vs measurement."""
-    gpu = ", ".join(report["gpus"]) or "none"
-    smoke = ["**SMOKE RUN: tiny data, 2 epochs; the numbers mean nothing.**", ""] if report["smoke"] else []
+    smoke = ["", "**SMOKE RUN: tiny data, 2 epochs; the numbers mean nothing.**"] if report["smoke"] else []
     lines = [
-        "# Speed benchmark: published-style step vs this project's step", "",
-        *smoke,
-        f"- Command: `{report['command']}`",
-        f"- Machine: {report['cpu_cores']} CPU cores ({report['cpu_model']}), "
-        f"TensorFlow {report['tensorflow']}, GPU: {gpu}",
-        f"- Date: {report['created_at']}, code at {report['git_commit']}",
+        *bench.side_by_side_header(report, "Speed benchmark: published-style step vs this project's step"),
         f"- Reference: TensorFlow's default threads (all cores), one process. Ours: "
-        f"{report['ours_threads']} thread(s) per process, as a protocol worker with "
-        f"--jobs {report['ours_jobs']}.",
-        "",
+        f"{report['ours_threads']} TensorFlow thread(s) per process, as a protocol worker with "
+        f"--threads {report['ours_threads']}.",
+        *smoke, "",
         "## Seconds per active-learning step (train + score pool + evaluate on test)", "",
         "| dataset | labels | ref train | ref score | ref eval | ref total | ours train | ours score "
         "| ours eval | ours total | speed-up |",
@@ -735,7 +627,8 @@ def markdown(report: dict) -> str:
         "Reference: each component interpolated linearly in the number of labels between the two "
         "measured label counts and summed over the protocol's steps (no scoring at step 0 nor for "
         "random; one process, so the sum is the wall time). Measured: wall time of this project's "
-        "latest complete default-protocol run on this machine (`results/<dataset>/state/grid_log.jsonl`).",
+        "latest complete default-protocol run on this machine, same config and threads "
+        "(`results/<dataset>/grid_log.jsonl`).",
         "",
         "| dataset | reference projected | ours measured | speed-up | protocol run used |",
         "|---|---:|---:|---:|---|",
@@ -745,11 +638,9 @@ def markdown(report: dict) -> str:
 
 
 def write_outputs(report: dict, out_dir: Path) -> None:
-    """``benchmark.json`` (atomically) and ``benchmark.md`` in ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    from al_loop import write_json_atomic
-    write_json_atomic(out_dir / "benchmark.json", report)
-    (out_dir / "benchmark.md").write_text(markdown(report))
+    """``benchmark.json`` and ``benchmark.md`` in ``out_dir``, each written atomically."""
+    runs.write_json_atomic(out_dir / "benchmark.json", report)
+    runs.write_text_atomic(out_dir / "benchmark.md", markdown(report))
 
 
 # --------------------------------------------------------------------------- command line
@@ -762,9 +653,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="train the reference only this many epochs and extrapolate (default: all)")
     parser.add_argument("--ref-score-fraction", type=float, default=None, metavar="F",
                         help="score only this fraction of the pool in the reference and scale (default 1.0)")
-    parser.add_argument("--jobs", type=int, default=None, metavar="J",
-                        help="protocol jobs our worker is configured for: threads = cpu_count // jobs "
-                             "(default: as the dataset scripts, the number of cores, 1 with a GPU)")
+    parser.add_argument("--threads", type=int, default=cli.DEFAULT_THREADS, metavar="T",
+                        help="TensorFlow threads of our worker, as a protocol run's --threads "
+                             f"(default {cli.DEFAULT_THREADS}); the reference keeps TensorFlow's defaults")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="folder searched first for the data (then $AL_DATA_DIR/<dataset>, data/)")
     parser.add_argument("--out-dir", default=None, metavar="DIR",
@@ -786,28 +677,25 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.ref_score_fraction = SMOKE["ref_score_fraction"] if args.smoke else 1.0
     if (args.ref_train_epochs_measured or 1) < 1 or not 0 < args.ref_score_fraction <= 1:
         parser.error("--ref-train-epochs-measured must be >= 1 and --ref-score-fraction in (0, 1]")
-    if args.jobs is not None and args.jobs < 1:
-        parser.error("--jobs must be >= 1")
-    if args.out_dir is None:
-        args.out_dir = tempfile.mkdtemp(prefix="benchmark_smoke_") if args.smoke else "results"
-    args.out_dir = resolve_repo_path(args.out_dir)
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    args.out_dir = bench.out_folder("benchmark", args.out_dir, args.smoke)
     args.protocol_results_dir = resolve_repo_path(args.protocol_results_dir)
     return args
 
 
-def plan_dataset(dataset: str, smoke: bool) -> dict:
+def plan_dataset(dataset: str, smoke: bool, threads: int = cli.DEFAULT_THREADS) -> dict:
     """What to measure for a dataset, read from its script: config, protocol, label counts."""
-    module = script_module(dataset)
-    config = default_config(module)
-    protocol = protocol_of(module)
+    module = dataset_script(dataset)
+    config = bench.default_config(module, threads)
+    protocol = bench.protocol_of(module)
     return {"config": config, "protocol": protocol, "results_folder": results_folder(module, config, dataset),
             "label_counts": benchmark_label_counts(protocol, smoke)}
 
 
 def measurement_specs(plans: dict, args) -> list[dict]:
     """Reference and ours at each label count, interleaved so slow drifts in load hit both."""
-    return [{"dataset": ds, "kind": kind, "n_labeled": n, "smoke": args.smoke, "jobs": args.jobs,
-             "n_runs": plan["protocol"]["n_seeds"] * len(plan["protocol"]["strategies"]),
+    return [{"dataset": ds, "kind": kind, "n_labeled": n, "smoke": args.smoke, "threads": args.threads,
              "ref_epochs_measured": args.ref_train_epochs_measured,
              "ref_score_fraction": args.ref_score_fraction, "data_dir": args.data_dir}
             for ds, plan in plans.items() for n in plan["label_counts"] for kind in ("reference", "ours")]
@@ -823,14 +711,13 @@ def describe(m: dict) -> str:
 def main(argv=None) -> dict:
     """Measure every dataset x label count x kind in its own process, then write the report."""
     args = parse_args(argv)
-    command = "python code/benchmark.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
-    plans = {ds: plan_dataset(ds, args.smoke) for ds in args.datasets}
+    plans = {ds: plan_dataset(ds, args.smoke, args.threads) for ds in args.datasets}
     measurements = []
     for group in process_groups(measurement_specs(plans, args), args.smoke):
-        for m in in_fresh_process(group):
+        for m in bench.in_fresh_process(group, run_measurements):
             print(describe(m), flush=True)
             measurements.append(m)
-    report = build_report(plans, measurements, args, command.strip())
+    report = build_report(plans, measurements, args, bench.command_line("benchmark", argv))
     write_outputs(report, args.out_dir)
     for key in ("speedup_step_mitbih", "speedup_step_mnist", "reference_protocol_minutes_projected",
                 "protocol_minutes_measured", "speedup_protocol"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import os
 import shutil
 import subprocess
@@ -13,9 +14,11 @@ import numpy as np
 import pytest
 
 import annotate
+from al import cli, models
+from al.data_common import REPO_ROOT
+from al.data_mnist import load_mnist
+from al.strategies import STRATEGIES
 from annotate import QUEUE_COLUMNS, AnnotationError
-from data_common import REPO_ROOT
-from strategies import STRATEGIES
 
 CLASSES = ("cat", "dog", "fox")
 CENTERS = np.array([[0.0, 0.0, 0.0], [4.0, 0.0, 0.0], [0.0, 4.0, 0.0]])
@@ -364,6 +367,12 @@ def test_missing_data_and_bad_options_are_rejected(tmp_path, blobs, capsys):
     assert "neither one of" in fails(capsys, "next", data, "--model", "resnet")
 
 
+def test_run_keeps_the_thread_count_tensorflow_already_runs_with(monkeypatch):
+    """conftest configured 1 thread; annotate asks for every core and keeps the 1 instead of failing."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 7)
+    assert annotate.configure_threads() == 1
+
+
 # =========================================================================== atomic writes
 def test_write_csv_atomic_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):
     path = tmp_path / "labels.csv"
@@ -404,6 +413,27 @@ def test_model_auto_picks_by_input_shape():
     assert annotate.model_kind("auto", data((4,))) == "mlp"
     assert annotate.model_kind("auto", data((187,))) == "cnn1d"
     assert annotate.model_kind("auto", data((28, 28, 1), "images")) == "cnn2d"
+
+
+@pytest.mark.parametrize("kind, script, builder", [
+    ("cnn1d", "mitbih", "ecg_cnn"),
+    ("cnn2d", "mnist", "mnist_cnn"),
+])
+def test_built_in_cnns_use_the_dataset_scripts_defaults(kind, script, builder):
+    """CNN1D_CONFIG / CNN2D_CONFIG hold the scripts' current defaults, so they cannot drift."""
+    module = importlib.import_module(script)  # the dataset script code/<script>.py
+    defaults = cli.hyperparameters(vars(module))
+    config = getattr(annotate, f"{kind.upper()}_CONFIG")
+    assert module.build_model is getattr(models, builder)
+    assert set(config) <= set(defaults), f"keys {set(config) - set(defaults)} are not in {script}.py"
+    assert {k: defaults[k] for k in config} == config
+    images = np.zeros((2, 8, 8, 1) if kind == "cnn2d" else (2, 187), np.float32)
+    data = annotate.UserData([], images, {}, "images" if kind == "cnn2d" else "table", Path("l"),
+                             Path("q"), [])
+    args = annotate.build_parser().parse_args(["next", "data", "--model", kind])
+    spec = annotate.model_spec(args, data, 3)
+    assert spec.build is getattr(models, builder)
+    assert {k: spec.config[k] for k in config} == config
 
 
 def test_cnn1d_on_rows_too_short_explains_the_problem(blobs, capsys):
@@ -449,23 +479,22 @@ def test_user_model_with_the_wrong_input_shape_is_rejected(blobs, tmp_path, caps
     assert "takes inputs of shape (7,)" in fails(capsys, "next", data, "--model", tmp_path / "wide.keras")
 
 
-@pytest.mark.parametrize("uses_labeled, passed", [(None, True), (True, True), (False, False)])
-def test_select_queue_passes_the_labeled_samples_to_strategies_that_want_them(uses_labeled, passed):
+def test_select_queue_passes_every_argument_to_the_strategy():
     seen = {}
 
     class Strategy:
         name = "fake"
 
-        def select(self, model, x_unlabeled, batch_size, rng, x_labeled=None):
-            seen["x_labeled"] = x_labeled
+        def select(self, model, x_unlabeled, batch_size, rng, x_labeled):
+            seen.update(model=model, x_unlabeled=x_unlabeled, batch_size=batch_size, rng=rng,
+                        x_labeled=x_labeled)
             return np.arange(batch_size)
 
-    if uses_labeled is not None:
-        Strategy.uses_labeled = uses_labeled  # absent: decided by the signature
-    labeled = np.ones((2, 3))
-    positions = annotate.select_queue(Strategy(), None, np.zeros((5, 3)), labeled, 10,
-                                      np.random.default_rng(0))
-    assert positions.tolist() == [0, 1, 2, 3, 4] and (seen["x_labeled"] is labeled) == passed
+    pool, labeled, rng, model = np.zeros((5, 3)), np.ones((2, 3)), np.random.default_rng(0), object()
+    positions = annotate.select_queue(Strategy(), model, pool, labeled, 10, rng)
+    assert positions.tolist() == [0, 1, 2, 3, 4]
+    assert seen["model"] is model and seen["x_unlabeled"] is pool and seen["rng"] is rng
+    assert seen["batch_size"] == 5 and seen["x_labeled"] is labeled
 
 
 @pytest.fixture(scope="module")
@@ -474,8 +503,8 @@ def trained_mlp():
     ids, x, names = blob_rows(60, seed=4, prefix="m")
     x = x.astype(np.float32)
     data = annotate.UserData(ids, x, {}, "table", Path("l"), Path("q"), list(CLASSES))
-    spec = annotate.ModelSpec("mlp", annotate.build_mlp, dict(annotate.MLP_CONFIG, epochs=2, val_fraction=0,
-                                                            patience=0, class_weight="none"),
+    spec = annotate.ModelSpec("mlp", models.mlp, dict(annotate.MLP_CONFIG, epochs=2, val_fraction=0,
+                                                      patience=0, class_weight="none"),
                               annotate.flat_standardizer(data.x))
     y = np.array([CLASSES.index(n) for n in names])
     model = annotate.train(spec, x[:12], y[:12], len(CLASSES), [0])
@@ -493,9 +522,8 @@ def test_every_strategy_works_with_the_mlp(trained_mlp, strategy):
 def test_strategy_that_cannot_use_the_model_explains_the_problem():
     class NeedsSequential:
         name = "picky"
-        uses_labeled = False
 
-        def select(self, model, x_unlabeled, batch_size, rng, x_labeled=None):
+        def select(self, model, x_unlabeled, batch_size, rng, x_labeled):
             raise TypeError("needs a keras.Sequential model")
 
     with pytest.raises(AnnotationError, match="strategy 'picky' cannot work with this model"):
@@ -542,7 +570,6 @@ def mnist_folder(tmp_path_factory):
     """PNG digits: data/labeled/<d>/ (2 per class), data/unlabeled/ (500), eval/<d>/ (500 test digits)."""
     if not os.environ.get("AL_DATA_DIR"):
         pytest.skip("set AL_DATA_DIR to a folder holding mnist/ to run the MNIST end-to-end test")
-    from data_mnist import load_mnist
     mnist = load_mnist(allow_download=False)
     root = tmp_path_factory.mktemp("digits")
     rng = np.random.default_rng(0)

@@ -27,7 +27,9 @@ def test_model_options_apply_only_where_the_model_has_the_setting():
 def test_default_is_always_measured_first_and_unknown_names_are_refused(capsys):
     args = bench_training.parse_args(["--smoke", "--options", "xla,default,xla"])
     assert args.options == ["default", "xla"]
-    for bad in (["--options", "fast"], ["--datasets", "cifar"], ["--jobs", "0"], ["--repeats", "0"]):
+    assert args.threads == 1  # a protocol worker's default --threads
+    for bad in (["--options", "fast"], ["--datasets", "cifar"], ["--threads", "0"], ["--repeats", "0"],
+                ["--jobs", "2"]):
         with pytest.raises(SystemExit):
             bench_training.parse_args(bad)
     assert "fast" in capsys.readouterr().err
@@ -43,6 +45,7 @@ def test_smoke_run_writes_one_row_per_option(tmp_path, capsys):
     assert "no_batchnorm: skipped" in capsys.readouterr().out
     assert all(len(m["fit_seconds_repeats"]) == 2 for m in report["measurements"])
     assert all(m["fit_seconds"] > 0 and 0 <= m["macro_f1"] <= 1 for m in report["measurements"])
+    assert all(m["threads"] == 1 for m in report["measurements"])
     assert json.loads((tmp_path / "bench_training.json").read_text())["measurements"][1]["option"] == "steps16"
     table = (tmp_path / "bench_training.md").read_text()
     assert "| mnist | 64 | default |" in table and "| mnist | 64 | steps16 |" in table

@@ -1,19 +1,26 @@
-"""Pure functions of the speed benchmark (no TensorFlow training; the benchmark itself runs by hand)."""
+"""Pure functions of the speed benchmark and of al.bench (no TensorFlow training; the
+benchmark itself runs by hand)."""
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import benchmark
-from al_loop import run_paths
-from strategies import entropy, top_k_positions
+import mitbih
+import mnist
+from al import bench, cli, runs
+from al.strategies import entropy, top_k_positions
 
-CONFIG = {"n_steps": 1, "epochs": 3, "conv_filters": [32, 64]}
+CONFIG = {"n_steps": 1, "epochs": 3, "conv_filters": [32, 64], "threads": 1}
 SEEDS = list(range(10))
+CODE = Path(__file__).resolve().parents[1] / "code"
 
 
 # --------------------------------------------------------------------------- entropy and top-k
@@ -64,12 +71,52 @@ def test_protocol_projection_sums_a_hand_computed_example():
 
 
 def test_label_counts_are_the_first_and_final_budget_of_each_script():
-    import mitbih
-    import mnist
-    assert benchmark.benchmark_label_counts(benchmark.protocol_of(mnist), smoke=False) == [256, 1408]
-    assert benchmark.benchmark_label_counts(benchmark.protocol_of(mitbih), smoke=False) == [256, 2944]
-    assert benchmark.default_config(mnist)["epochs"] == mnist.EPOCHS
-    assert not set(benchmark.default_config(mnist)) & {"n_seeds", "strategies"}
+    assert benchmark.benchmark_label_counts(bench.protocol_of(mnist), smoke=False) == [256, 1408]
+    assert benchmark.benchmark_label_counts(bench.protocol_of(mitbih), smoke=False) == [256, 2944]
+    assert bench.final_budget(bench.protocol_of(mnist)) == 1408
+    assert bench.default_config(mnist)["epochs"] == mnist.EPOCHS
+    assert not set(bench.default_config(mnist)) & {"n_seeds", "strategies"}
+
+
+def test_default_config_is_the_config_the_dataset_script_runs_with():
+    # what cli.parse_config builds from the script's page with no options, --threads included
+    for script in (mnist, mitbih):
+        config, grid, _ = cli.parse_config(script.__name__, cli.hyperparameters(vars(script)), [])
+        assert bench.default_config(script) == config
+        assert bench.default_config(vars(script), threads=3) == {**config, "threads": 3}
+        assert bench.protocol_of(script)["strategies"] == grid["strategies"]
+    assert bench.default_config(mnist)["threads"] == cli.DEFAULT_THREADS == 1
+
+
+def test_the_library_imports_no_script_and_no_script_imports_another_script():
+    scripts = {p.stem for p in CODE.glob("*.py")}
+    for path in [CODE / "al" / "bench.py", *(CODE / f"{s}.py" for s in ("benchmark", "bench_training",
+                                                                         "bench_scoring"))]:
+        tree = ast.parse(path.read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module}
+        assert not imported & scripts, f"{path.name} imports the scripts {imported & scripts}"
+        nested = [node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)
+                  for inner in ast.walk(node) if isinstance(inner, ast.ImportFrom)
+                  and (inner.module or "").split(".")[0] == "al"]
+        assert not nested, f"{path.name} imports project modules inside functions"
+
+
+def test_benchmark_threads_option_replaces_jobs(tmp_path, capsys):
+    out = ["--out-dir", str(tmp_path)]
+    assert benchmark.parse_args(["--smoke", *out]).threads == cli.DEFAULT_THREADS
+    args = benchmark.parse_args(["--smoke", "--threads", "4", *out])
+    assert args.threads == 4 and args.out_dir == tmp_path
+    for bad in (["--threads", "0"], ["--jobs", "2"]):
+        with pytest.raises(SystemExit):
+            benchmark.parse_args(bad)
+    assert "--jobs" in capsys.readouterr().err
+    plans = {"mnist": benchmark.plan_dataset("mnist", smoke=True, threads=4)}
+    assert plans["mnist"]["config"]["threads"] == 4
+    specs = benchmark.measurement_specs(plans, args)
+    assert {s["threads"] for s in specs} == {4} and not any("jobs" in s for s in specs)
 
 
 def test_step_data_puts_the_seeded_labeled_set_first_and_keeps_the_rest_as_pool(synthetic_dataset):
@@ -83,25 +130,39 @@ def test_step_data_puts_the_seeded_labeled_set_first_and_keeps_the_rest_as_pool(
 
 # --------------------------------------------------------------------------- grid log
 def grid_line(started_at, **changes) -> dict:
-    line = {"started_at": started_at, "wall_seconds": 1000.0, "jobs": 2, "cpu_cores": 2,
+    line = {"started_at": started_at, "wall_seconds": 1000.0, "jobs": 2, "threads": 1, "cpu_cores": 2,
             "machine": "x86_64", "n_runs": 20, "strategies": ["random", "entropy"],
             "seeds": SEEDS, "fresh": True, "git_commit": "abc", "config": CONFIG}
     return {**line, **changes}
 
 
 def write_log(results_dir, lines, extra_text="") -> None:
-    path = results_dir / "mnist" / "state" / "grid_log.jsonl"
+    path = results_dir / "mnist" / "grid_log.jsonl"
     path.parent.mkdir(parents=True)
     path.write_text("".join(json.dumps(line) + "\n" for line in lines) + extra_text)
+
+
+def run_file(strategy, seed, finished_at, config=CONFIG, complete=True) -> dict:
+    """A run that al.runs.read_run accepts: step 0 labels 2 samples, each later step 1 more."""
+    n_steps = config["n_steps"] + (0 if complete else -1)
+    steps = [{"step": s, "n_labeled": 2 + s, "macro_f1": 0.5, "accuracy": 0.5,
+              "per_class_f1": {"0": 0.5, "1": 0.5}, "labeled_class_counts": {"0": 1, "1": 1 + s},
+              "train_seconds": 1.0, "score_seconds": 0.0, "eval_seconds": 0.1,
+              "finished_at": finished_at + s, "selected": [0, 1] if s == 0 else [1 + s]}
+             for s in range(n_steps + 1)]
+    return {"format": runs.FORMAT, "dataset": "mnist", "strategy": strategy, "seed": seed,
+            "config": config, "git_commit": "abc", "versions": {},
+            "provenance": {"data": {"origin": "x", "sha256": "0" * 64, "n_train": 10, "n_test": 5},
+                           "cpu_model": "x", "threads": 1, "settings": {}, "resumed": []},
+            "complete": complete, "steps": steps, "sha256": ""}
 
 
 def write_results(results_dir, finished_at, config=CONFIG, complete=True) -> None:
     for strategy in ("random", "entropy"):
         for seed in SEEDS:
-            result_path, _ = run_paths(results_dir, "mnist", strategy, seed)
-            result_path.parent.mkdir(parents=True, exist_ok=True)
-            steps = [{"step": s, "finished_at": finished_at + s} for s in range(CONFIG["n_steps"] + 1)]
-            result_path.write_text(json.dumps({"complete": complete, "config": config, "steps": steps}))
+            path = runs.run_path(results_dir, "mnist", strategy, seed)
+            runs.save_run(path, run_file(strategy, seed, finished_at, config, complete))
+            runs.read_run(path)  # the fixture itself is a valid run file
 
 
 def latest(results_dir):
@@ -139,6 +200,24 @@ def test_grid_log_rejects_a_resumable_run_with_incomplete_results(tmp_path):
     assert latest(tmp_path) is None
 
 
+def test_grid_log_rejects_a_resumable_run_whose_run_file_was_edited_or_is_missing(tmp_path):
+    write_log(tmp_path, [grid_line(2000, fresh=False)])
+    write_results(tmp_path, finished_at=2500)
+    assert latest(tmp_path)["started_at"] == 2000
+    path = runs.run_path(tmp_path, "mnist", "entropy", 3)
+    edited = json.loads(path.read_text())
+    edited["steps"][1]["macro_f1"] = 0.9  # a hand edit: the digest no longer matches
+    path.write_text(json.dumps(edited))
+    assert latest(tmp_path) is None
+    path.unlink()
+    assert latest(tmp_path) is None
+
+
+def test_grid_log_of_another_thread_count_is_not_the_protocol(tmp_path):
+    write_log(tmp_path, [grid_line(100, config={**CONFIG, "threads": 2})])
+    assert latest(tmp_path) is None
+
+
 def test_missing_grid_log_gives_none(tmp_path):
     assert benchmark.read_grid_log(tmp_path / "nothing.jsonl") == []
     assert latest(tmp_path) is None
@@ -152,7 +231,7 @@ def fake_measurement(dataset, kind, n, total):
             "measured_seconds": {"train": third / 2, "score": third, "eval": third},
             "scaled": {"train": kind == "reference", "score": False, "eval": False},
             "epochs": {"full": 4, "measured": 2}, "n_scored": 1000, "score_fraction": 1.0,
-            "tensorflow": "x", "gpus": [], "jobs": 2, "threads": 1}
+            "tensorflow": "x", "gpus": [], "threads": 1 if kind == "ours" else "TensorFlow default"}
 
 
 def test_report_has_the_promised_keys_and_ratios(tmp_path):
@@ -162,7 +241,7 @@ def test_report_has_the_promised_keys_and_ratios(tmp_path):
     measurements = [fake_measurement("mnist", kind, n, total) for kind, n, total in
                     [("reference", 10, 30.0), ("ours", 10, 3.0), ("reference", 30, 60.0), ("ours", 30, 4.0)]]
     write_log(tmp_path, [grid_line(100, wall_seconds=120.0)])
-    args = argparse.Namespace(protocol_results_dir=tmp_path, smoke=False, jobs=None,
+    args = argparse.Namespace(protocol_results_dir=tmp_path, smoke=False, threads=1,
                               ref_train_epochs_measured=2, ref_score_fraction=1.0)
     report = benchmark.build_report({"mnist": plan}, measurements, args, "python code/benchmark.py")
     assert report["speedup_step_mnist"] == pytest.approx(15.0)
@@ -171,6 +250,45 @@ def test_report_has_the_promised_keys_and_ratios(tmp_path):
     projected = report["reference_protocol_minutes_projected"]
     assert report["speedup_protocol"] == pytest.approx(projected / 2.0)
     assert report["cpu_cores"] >= 1
+    assert report["ours_threads"] == 1 and report["options"]["threads"] == 1 and "ours_jobs" not in report
     text = benchmark.markdown(report)
     assert "| mnist | 30 |" in text and "15.0x" in text and "10.0*" in text
+    assert "--threads 1" in text and "--jobs" not in text and "state/" not in text
     json.dumps(report)  # everything is serializable
+    benchmark.write_outputs(report, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "benchmark.json").read_text()) == json.loads(json.dumps(report))
+    assert (tmp_path / "out" / "benchmark.md").read_text() == text
+    assert not list((tmp_path / "out").glob(".*.tmp"))  # atomic writes leave no temporary file
+
+
+# --------------------------------------------------------------------------- al.bench
+def test_side_by_side_options_and_report(tmp_path):
+    parser = argparse.ArgumentParser()
+    bench.add_side_by_side_arguments(parser, "bench_x", "repeats")
+    args = parser.parse_args([])
+    assert args.threads == cli.DEFAULT_THREADS and args.repeats == 2 and args.out_dir is None
+    args = parser.parse_args(["--threads", "3", "--out-dir", str(tmp_path)])
+    args.smoke = False
+    rows = [{"tensorflow": "2.x", "gpus": [], "value": 1}]
+    report = bench.write_side_by_side("bench_x", args, ["--threads", "3"], rows,
+                                      lambda r: "\n".join(bench.side_by_side_header(r, "Title")) + "\n")
+    assert report["command"] == "python code/bench_x.py --threads 3"
+    assert json.loads((tmp_path / "bench_x.json").read_text())["measurements"] == rows
+    md = (tmp_path / "bench_x.md").read_text()
+    assert md.startswith("# Title\n") and "- Command: `python code/bench_x.py --threads 3`" in md
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_configure_process_refuses_unknown_kinds():
+    with pytest.raises(ValueError, match="kind"):
+        bench.configure_process("published")
+
+
+def double_each(specs):
+    return [{**s, "value": 2 * s["value"], "pid": os.getpid()} for s in specs]
+
+
+def test_in_fresh_process_runs_the_worker_in_another_process():
+    got = bench.in_fresh_process([{"value": 1}, {"value": 4}], double_each)
+    assert [g["value"] for g in got] == [2, 8]
+    assert got[0]["pid"] != os.getpid()
