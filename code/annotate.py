@@ -68,7 +68,7 @@ from typing import Callable
 import numpy as np
 
 from al import models
-from al.keras_ops import configure_tensorflow, import_tensorflow, predict_proba
+from al.keras_ops import configure_tensorflow, configured_threads, predict_proba
 from al.loop import train_fresh_model
 from al.runs import write_text_atomic
 from al.strategies import STRATEGIES, entropy, get_strategy
@@ -864,13 +864,7 @@ def configure_threads() -> int:
     process already configured TensorFlow with another count (``annotate`` called from a
     program that set it up first, such as the test session), that count is kept.
     """
-    try:
-        return configure_tensorflow(os.cpu_count() or 1)
-    except RuntimeError:
-        threads = import_tensorflow().config.threading.get_intra_op_parallelism_threads()
-        if threads < 1:  # TensorFlow started before any count was set: nothing to keep
-            raise
-        return configure_tensorflow(threads)
+    return configured_threads() or configure_tensorflow(os.cpu_count() or 1)
 
 
 def run(argv=None) -> dict:

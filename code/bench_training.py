@@ -12,14 +12,14 @@ loaded as a module) on the same labeled set (``default_rng(al.bench.LABEL_SEED)`
 budget) in its own spawned process configured like a protocol worker (``--threads``
 TensorFlow threads, default 1 as the protocol's ``--threads``; ``threads2x`` doubles them),
 after an untimed tiny fit, and reports fit seconds (graph tracing included: every step builds
-a fresh model) and test macro-F1. The F1 is one seed, a sanity check only: an option is worth
-a protocol run only if it is clearly faster. Writes ``<out-dir>/bench_training.md`` and ``.json``.
+a fresh model). It reports no F1: the quality of a training choice is measured by
+``code/recipe_search.py`` on the development split with several seeds, never on the test set.
+Writes ``<out-dir>/bench_training.md`` and ``.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import faulthandler
 import importlib
 import time
@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 from al import bench
-from al.loop import class_weights, evaluate
+from al.loop import class_weights
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ OPTIONS = {
                            config=lambda c: {"batch_norm": 0}, needs=("batch_norm",)),
     "threads2x": Option("twice the TensorFlow threads of --threads", threads_factor=2),
 }
-SMOKE = {"labeled": 64, "test": 256, "epochs": 1}
+SMOKE = {"labeled": 64, "epochs": 1}
 
 
 def option_config(config: dict, name: str) -> dict:
@@ -111,7 +111,6 @@ def measure_option(specs: list[dict]) -> list[dict]:
     data = module.load_data(config, spec["data_dir"])
     if spec["smoke"]:
         config["epochs"] = SMOKE["epochs"]
-        data = dataclasses.replace(data, x_test=data.x_test[:SMOKE["test"]], y_test=data.y_test[:SMOKE["test"]])
     config = option_config(config, spec["option"])
     n_classes = len(data.class_names)
     labeled = np.random.default_rng(bench.LABEL_SEED).choice(len(data.x_train), spec["n_labeled"],
@@ -119,11 +118,10 @@ def measure_option(specs: list[dict]) -> list[dict]:
     x, y = data.x_train[labeled], data.y_train[labeled]
     fit_once(module, {**config, "epochs": 1}, spec["option"], x[:64], y[:64], n_classes)  # warm-up
     repeats = []
-    for _ in range(spec["repeats"]):  # the same seed each time: same model, same F1
-        model, seconds = fit_once(module, config, spec["option"], x, y, n_classes)
+    for _ in range(spec["repeats"]):  # the same seed each time: the same computation
+        _, seconds = fit_once(module, config, spec["option"], x, y, n_classes)
         repeats.append(seconds)
     return [{**spec, "fit_seconds": min(repeats), "fit_seconds_repeats": repeats,
-             "macro_f1": evaluate(model, data)["macro_f1"],
              "epochs": config["epochs"], "fit_batch_size": config["fit_batch_size"], **setting}]
 
 
@@ -131,16 +129,15 @@ def markdown(report: dict) -> str:
     lines = bench.side_by_side_header(report, "Training-speed options: one training at the final budget")
     lines += ["- Fit seconds: the fastest of the repeats (all listed in the JSON); they include "
              "building the model and tracing its graph, as every step trains a fresh model. "
-             "Macro-F1: one seed, a sanity check, not a result; an option that computes the same "
-             "thing gives the same F1.", "",
-             "| dataset | labels | option | what it changes | threads | epochs | fit batch | fit s | time vs default | macro-F1 |",
+             "No F1 here: quality is measured on the development split by code/recipe_search.py.", "",
+             "| dataset | labels | option | what it changes | threads | epochs | fit batch | fit s | time vs default |",
              "|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for m in report["measurements"]:
         base = next(b for b in report["measurements"]
                     if b["dataset"] == m["dataset"] and b["option"] == "default")
         lines.append(f"| {m['dataset']} | {m['n_labeled']} | {m['option']} | {OPTIONS[m['option']].what} | "
                      f"{m['threads']} | {m['epochs']} | {m['fit_batch_size']} | {m['fit_seconds']:.1f} | "
-                     f"{m['fit_seconds'] / base['fit_seconds']:.2f}x | {m['macro_f1']:.4f} |")
+                     f"{m['fit_seconds'] / base['fit_seconds']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -179,7 +176,7 @@ def main(argv=None) -> dict:
                     "repeats": args.repeats,
                     "n_labeled": SMOKE["labeled"] if args.smoke else final, "data_dir": args.data_dir}
             m = bench.in_fresh_process([spec], measure_option)[0]
-            print(f"{dataset:>6} {option:>11}: fit {m['fit_seconds']:.1f} s, macro-F1 {m['macro_f1']:.4f}",
+            print(f"{dataset:>6} {option:>11}: fit {m['fit_seconds']:.1f} s",
                   flush=True)
             measurements.append(m)
     return bench.write_side_by_side("bench_training", args, argv, measurements, markdown)

@@ -94,6 +94,30 @@ def labels_to_reach(stats: pd.DataFrame, strategy: str, target: float) -> int | 
     return int(rows.n_labeled.min()) if len(rows) else None
 
 
+def labels_to_stay(stats: pd.DataFrame, strategy: str, target: float) -> int | None:
+    """First budget from which ``strategy``'s mean stays at or above ``target`` (None: never)."""
+    st = stats[stats.strategy == strategy].sort_values("n_labeled")
+    below = np.flatnonzero(st["mean"].to_numpy() < target)
+    if len(below) == 0:
+        return int(st.n_labeled.iloc[0]) if len(st) else None
+    return int(st.n_labeled.iloc[below[-1] + 1]) if below[-1] + 1 < len(st) else None
+
+
+def holm(pvalues: list) -> list:
+    """Holm-Bonferroni adjusted p-values (Holm 1979), in the input order; None stays None.
+
+    With m tests sorted ascending, the i-th (0-based) is multiplied by m - i, then made
+    non-decreasing by a running maximum and capped at 1.
+    """
+    known = [(i, p) for i, p in enumerate(pvalues) if p is not None]
+    adjusted: list = [None] * len(pvalues)
+    running, m = 0.0, len(known)
+    for rank, (i, p) in enumerate(sorted(known, key=lambda item: item[1])):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
 def aubc(df: pd.DataFrame) -> pd.DataFrame:
     """Normalized area under the budget curve per run, over the budgets it completed."""
     def area(run):
@@ -132,16 +156,20 @@ def fmt_p(p):
 
 
 def budget_table(df: pd.DataFrame, stats: pd.DataFrame, strategies: list[str]) -> list[str]:
+    """Mean ± std per budget, and per strategy the paired p-values against random at every
+    budget, Holm-corrected over that strategy's budgets (one family per strategy)."""
     others = [s for s in strategies if s != BASELINE and BASELINE in strategies]
-    head = ["labels"] + [f"{s} (n)" for s in strategies] + [f"p {s} vs {BASELINE}" for s in others]
+    head = ["labels"] + [f"{s} (n)" for s in strategies] + [f"p {s} vs {BASELINE} (Holm)" for s in others]
+    budgets = sorted(stats.n_labeled.unique())
+    adjusted = {s: holm([paired_wilcoxon(df[df.n_labeled == n], "macro_f1", s, BASELINE) for n in budgets])
+                for s in others}
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for n in sorted(stats.n_labeled.unique()):
+    for k, n in enumerate(budgets):
         cells = [str(n)]
         for s in strategies:
             row = stats[(stats.strategy == s) & (stats.n_labeled == n)]
             cells.append("-" if row.empty else f"{fmt(row['mean'].iloc[0], row['std'].iloc[0])} ({row.n.iloc[0]})")
-        at_n = df[df.n_labeled == n]
-        cells += [fmt_p(paired_wilcoxon(at_n, "macro_f1", s, BASELINE)) for s in others]
+        cells += [fmt_p(adjusted[s][k]) for s in others]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -166,7 +194,7 @@ def strategy_table(dataset: str, df, stats, areas, strategies) -> list[str]:
     head = ["rank", "strategy", "final labels", "final macro-F1 (seeds)",
             *[f"p final vs {r}" for r in references], "AUBC",
             *[f"p AUBC vs {r}" for r in references],
-            f"labels to random's final ({fmt(final_random)})"]
+            f"labels to random's final ({fmt(final_random)})", "labels to stay at it"]
     if published:
         head.append(f"labels to {published}")
     finals = final_values(df)
@@ -182,7 +210,8 @@ def strategy_table(dataset: str, df, stats, areas, strategies) -> list[str]:
                  *["-" if s == r else fmt_p(paired_wilcoxon(finals, "macro_f1", s, r)) for r in references],
                  fmt(a.mean(), a.std()),
                  *["-" if s == r else fmt_p(paired_wilcoxon(areas, "aubc", s, r)) for r in references],
-                 str(labels_to_reach(stats, s, final_random) or "not reached") if final_random else "-"]
+                 str(labels_to_reach(stats, s, final_random) or "not reached") if final_random else "-",
+                 str(labels_to_stay(stats, s, final_random) or "not reached") if final_random else "-"]
         if published:
             cells.append(str(labels_to_reach(stats, s, published) or "not reached"))
         lines.append("| " + " | ".join(cells) + " |")
@@ -350,9 +379,14 @@ def summarize_dataset(folder: Path, out_dir: Path) -> str | None:
              *strategy_table(dataset, df, stats, areas, strategies), "",
              "AUBC: area under the macro-F1 vs labels curve divided by the label range. p: two-sided "
              "Wilcoxon signed-rank test over paired seeds (same initial labeled set per seed); with "
-             "n pairs the smallest possible p is 2 / 2^n (0.002 for 10, 0.0625 for 5). Final F1 and "
+             "n pairs the smallest possible p is 2 / 2^n (0.002 for 10, 0.0625 for 5). The p-values in "
+             "this table are uncorrected (one test per cell). Labels to random's final: the first "
+             "budget at which the mean reaches it; to stay at it: the first budget from which the "
+             "mean never falls below it again. Final F1 and "
              "AUBC count only the runs that reached the final budget; unranked (-): none has yet.", "",
              "## Macro-F1 per budget (mean ± std, seeds)", "", *budget_table(df, stats, strategies), "",
+             "p: paired Wilcoxon against random at each budget, Holm-corrected over the budgets of "
+             "each strategy (family-wise error 0.05 at p < 0.05).", "",
              "## Compute time (from the steps' own timers; one process per run)", "",
              *time_table(df, strategies), "",
              "## Per-class F1 at the final budget (mean over seeds)", "",

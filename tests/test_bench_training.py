@@ -44,7 +44,7 @@ def test_smoke_run_writes_one_row_per_option(tmp_path, capsys):
     assert [m["option"] for m in report["measurements"]] == ["default", "steps16"]
     assert "no_batchnorm: skipped" in capsys.readouterr().out
     assert all(len(m["fit_seconds_repeats"]) == 2 for m in report["measurements"])
-    assert all(m["fit_seconds"] > 0 and 0 <= m["macro_f1"] <= 1 for m in report["measurements"])
+    assert all(m["fit_seconds"] > 0 and "macro_f1" not in m for m in report["measurements"])
     assert all(m["threads"] == 1 for m in report["measurements"])
     assert json.loads((tmp_path / "bench_training.json").read_text())["measurements"][1]["option"] == "steps16"
     table = (tmp_path / "bench_training.md").read_text()

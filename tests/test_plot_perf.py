@@ -384,3 +384,31 @@ def test_compare_refuses_folders_that_end_at_different_budgets(results, tmp_path
     write_run(tmp_path / "longer", run_dict("entropy", 0, [0.4, 0.5, 0.6, 0.7], n_steps=3))
     assert plot_perf.main(["--compare", str(tmp_path / "longer"), str(results / "toy")]) == 1
     assert "ends at 50 labels" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- corrections
+def test_holm_matches_hand_computed_values_in_input_order():
+    # sorted: 0.01 (x3), 0.02 (x2 -> 0.04), 0.04 (x1 -> 0.04, then the running max)
+    assert plot_perf.holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+
+
+def test_holm_keeps_none_and_caps_at_one():
+    assert plot_perf.holm([None, 0.6, 0.5]) == [None, 1.0, 1.0]
+
+
+def test_labels_to_stay_ignores_an_early_peak():
+    stats = pd.DataFrame({"strategy": ["e"] * 4, "n_labeled": [10, 20, 30, 40],
+                          "mean": [0.8, 0.5, 0.8, 0.9]})
+    assert plot_perf.labels_to_reach(stats, "e", 0.7) == 10
+    assert plot_perf.labels_to_stay(stats, "e", 0.7) == 30
+    assert plot_perf.labels_to_stay(stats, "e", 0.95) is None
+
+
+def test_budget_table_p_values_are_holm_corrected(results):
+    code, summary = summarize(results)
+    df = plot_perf.curves(plot_perf.load_runs(results / "toy")[0])
+    raw = [plot_perf.paired_wilcoxon(df[df.n_labeled == n], "macro_f1", "entropy", "random") for n in (20, 30, 40)]
+    corrected = plot_perf.holm(raw)
+    assert corrected[2] > raw[2]  # the correction changes the final budget's p
+    cell = table_row(summary, "40", "## Macro-F1 per budget")[-1]
+    assert cell == plot_perf.fmt_p(corrected[2])

@@ -61,6 +61,11 @@ def gpu_available() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+def configured_threads() -> int | None:
+    """The thread count :func:`configure_tensorflow` set in this process, or None."""
+    return _CONFIGURED.get("threads")
+
+
 def configure_tensorflow(threads: int) -> int:
     """One fixed thread count per process, deterministic kernels, GPU memory grown on demand.
 

@@ -411,7 +411,7 @@ class CoreSetSampling(QueryStrategy):
         purpose = f"strategy {self.name!r}"
         pool_emb, _ = embed_and_predict(model, x_unlabeled, purpose=purpose)
         labeled_emb = None
-        if x_labeled is not None and len(x_labeled):
+        if n_samples(x_labeled):
             labeled_emb, _ = embed_and_predict(model, x_labeled, purpose=purpose)
         return k_center_greedy(pool_emb, labeled_emb, batch_size, rng)
 
