@@ -85,6 +85,28 @@ class Dataset:
                 "n_train": int(len(self.y_train)), "n_test": int(len(self.y_test))}
 
 
+def hold_out_dev(data: Dataset, size: int, seed: int = 0) -> tuple[Dataset, tuple[np.ndarray, np.ndarray]]:
+    """Carve a fixed development split of ``size`` samples out of the training pool.
+
+    Stratified by class and seeded (``train_test_split(random_state=seed)``), so the same
+    data and size always give the same split. Returns the dataset whose pool no longer holds
+    the development samples, and the development samples ``(x_dev, y_dev)``. The test set is
+    untouched. ``size`` 0 returns the data unchanged and an empty development split.
+    """
+    from sklearn.model_selection import train_test_split
+    if size <= 0:
+        return data, (data.x_train[:0], data.y_train[:0])
+    if size >= len(data.y_train):
+        raise ValueError(f"dev_size {size} must be smaller than the pool ({len(data.y_train)} samples)")
+    keep, dev = train_test_split(np.arange(len(data.y_train)), test_size=size, random_state=seed,
+                                 stratify=data.y_train)
+    keep, dev = np.sort(keep), np.sort(dev)
+    pool = Dataset(data.x_train[keep], data.y_train[keep], data.x_test, data.y_test, data.class_names,
+                   source=f"{data.source}; {size} samples held out as the development split (seed {seed})",
+                   origin=f"{data.origin}; development split of {size} (seed {seed}) held out")
+    return pool, (data.x_train[dev], data.y_train[dev])
+
+
 def candidate_dirs(dataset: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
     """Directories to search for ``dataset``, in priority order."""
     dirs = []

@@ -283,7 +283,7 @@ def embed_and_predict(model, x, batch_size: int = PREDICT_BATCH_SIZE,
         def embed(part):
             return _forward(layers, part)
     else:
-        trunk = keras.Model(model.inputs, last.input)
+        trunk = keras.Model(model.inputs if len(model.inputs) > 1 else model.inputs[0], last.input)
 
         def embed(part):
             return trunk(part, training=False)

@@ -25,6 +25,7 @@ label-free stopping criteria can be evaluated later without rerunning the grid.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -42,7 +43,9 @@ LOOP_KEYS = ("start_size", "batch_size", "n_steps", "epochs", "fit_batch_size",
              "val_fraction", "patience", "class_weight", "pool_subsample", "threads")
 STOP_SET_SIZE = 2000
 STOP_SET_STREAM = 2 ** 32 - 1   # the stop set's generator: default_rng([seed, STOP_SET_STREAM])
-CLASS_WEIGHT_MODES = ("none", "balanced")
+CLASS_WEIGHT_MODES = ("none", "balanced", "sqrt")
+LR_SCHEDULES = ("constant", "cosine", "onecycle")
+MIN_EPOCH_SAMPLES = 2048  # with train_steps, small labeled sets are tiled into epochs this long
 
 
 class ConfigMismatchError(RuntimeError):
@@ -71,13 +74,17 @@ def check_config(config: dict, n_pool: int | None = None) -> None:
     for key in ("start_size", "batch_size", "epochs", "fit_batch_size", "threads"):
         if not isinstance(config[key], int) or config[key] <= 0:
             raise ValueError(f"{key} must be a positive integer, got {config[key]!r}")
-    for key in ("n_steps", "patience", "pool_subsample"):
+    for key in ("n_steps", "patience", "pool_subsample", "train_steps"):
+        if key not in config:
+            continue
         if not isinstance(config[key], int) or config[key] < 0:
             raise ValueError(f"{key} must be 0 or a positive integer, got {config[key]!r}")
     if not 0 <= config["val_fraction"] < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {config['val_fraction']}")
     if (config["class_weight"] or "none") not in CLASS_WEIGHT_MODES:
         raise ValueError(f"class_weight must be one of {CLASS_WEIGHT_MODES}, got {config['class_weight']!r}")
+    if (config.get("lr_schedule") or "constant") not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {config['lr_schedule']!r}")
     subsample = config["pool_subsample"]
     if 0 < subsample < config["batch_size"]:
         raise ValueError(f"pool_subsample ({subsample}) must be 0 (off) or at least batch_size "
@@ -90,16 +97,75 @@ def check_config(config: dict, n_pool: int | None = None) -> None:
 
 # --------------------------------------------------------------------------- training
 def class_weights(y: np.ndarray, n_classes: int, mode: str | None) -> dict | None:
-    """'balanced' weights n / (k * count_c) from the *labeled* set only; absent classes 1."""
+    """Class weights from the *labeled* set only; absent classes 1.
+
+    'balanced': n / (k * count_c) (k classes present); 'sqrt': the square root of that (a
+    milder correction); 'none': no weights.
+    """
     if not mode or mode == "none":
         return None
-    if mode != "balanced":
-        raise ValueError(f"class_weight must be 'balanced' or 'none', got {mode!r}")
+    if mode not in CLASS_WEIGHT_MODES:
+        raise ValueError(f"class_weight must be one of {CLASS_WEIGHT_MODES}, got {mode!r}")
     counts = np.bincount(y, minlength=n_classes)
     present = counts > 0
     weights = np.ones(n_classes)
     weights[present] = len(y) / (present.sum() * counts[present])
+    if mode == "sqrt":
+        weights = np.sqrt(weights)
     return {c: float(w) for c, w in enumerate(weights)}
+
+
+def fit_plan(config: dict, n: int) -> tuple[int, int]:
+    """(repeats, epochs) of one fit on ``n`` samples.
+
+    By default the labeled set is used as it is for ``epochs`` epochs. With ``train_steps`` >
+    0 the number of optimizer updates is fixed instead, whatever the labeled set's size: the
+    set is tiled ``repeats`` times so that an epoch holds at least ``MIN_EPOCH_SAMPLES``
+    samples (Keras' per-epoch overhead would dominate tiny epochs), and ``epochs`` is chosen
+    so that epochs x batches per epoch is as close to ``train_steps`` as whole epochs allow.
+    """
+    steps = int(config.get("train_steps", 0) or 0)
+    if steps <= 0:
+        return 1, int(config["epochs"])
+    repeats = max(1, math.ceil(MIN_EPOCH_SAMPLES / max(n, 1)))
+    per_epoch = math.ceil(n * repeats / int(config["fit_batch_size"]))
+    return repeats, max(1, round(steps / per_epoch))
+
+
+def learning_rate_callback(config: dict, total_steps: int):
+    """A Keras callback setting the learning rate before every batch, or None (constant).
+
+    'cosine': ``lr * (1 + cos(pi t / T)) / 2``; 'onecycle': linear warm-up from ``lr / 25`` to
+    ``lr`` over the first 30% of the ``T`` updates, then cosine down to ``lr / 1e4``
+    (Smith & Topin 2019).
+    """
+    import keras
+    kind = config.get("lr_schedule", "constant") or "constant"
+    if kind == "constant":
+        return None
+    if kind not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {kind!r}")
+    base, total = float(config["learning_rate"]), max(1, int(total_steps))
+
+    def rate(t: int) -> float:
+        if kind == "cosine":
+            return base * 0.5 * (1 + math.cos(math.pi * min(t, total) / total))
+        warm = max(1, int(0.3 * total))
+        if t < warm:
+            return base / 25 + (base - base / 25) * t / warm
+        frac = min(1.0, (t - warm) / max(1, total - warm))
+        return base / 1e4 + (base - base / 1e4) * 0.5 * (1 + math.cos(math.pi * frac))
+
+    class Schedule(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.t = 0
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.model.optimizer.learning_rate.assign(rate(self.t))
+            self.t += 1
+
+    return Schedule()
 
 
 def train_fresh_model(build_model: Callable, config: dict, x: np.ndarray, y: np.ndarray,
@@ -120,9 +186,15 @@ def train_fresh_model(build_model: Callable, config: dict, x: np.ndarray, y: np.
         x, y = x[fit], y[fit]
         callbacks.append(keras.callbacks.EarlyStopping(
             patience=config["patience"], restore_best_weights=True))
-    model.fit(x, y, epochs=config["epochs"], batch_size=config["fit_batch_size"],
-              validation_data=validation, callbacks=callbacks, verbose=0,
-              class_weight=class_weights(y, n_classes, config.get("class_weight")))
+    weights = class_weights(y, n_classes, config.get("class_weight"))
+    repeats, epochs = fit_plan(config, len(x))
+    if repeats > 1:
+        x, y = np.tile(x, (repeats,) + (1,) * (x.ndim - 1)), np.tile(y, repeats)
+    schedule = learning_rate_callback(config, epochs * math.ceil(len(x) / config["fit_batch_size"]))
+    if schedule is not None:
+        callbacks.append(schedule)
+    model.fit(x, y, epochs=epochs, batch_size=config["fit_batch_size"],
+              validation_data=validation, callbacks=callbacks, verbose=0, class_weight=weights)
     return model
 
 
