@@ -1,4 +1,7 @@
-"""Query strategies: score functions, top-k selection, and one template every strategy must pass."""
+"""Query strategies: score functions, top-k selection, and one template every strategy must pass.
+
+What the strategies need from Keras (MC passes, embeddings) is tested in test_keras_ops.py.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +12,12 @@ import numpy as np
 import pytest
 from scipy.stats import entropy as scipy_entropy
 
-import strategies
-from strategies import (STRATEGIES, bald_scores, embed_and_predict, entropy, get_strategy,
-                        gradient_embeddings, k_center_greedy, mc_entropy_scores, mc_predict_proba,
-                        predict_proba, squared_distances_to_nearest, top_k_positions)
+from al import strategies
+from al.keras_ops import embed_and_predict, mc_predict_proba
+from al.strategies import (STRATEGIES, bald_scores, entropy, get_strategy, gradient_embeddings,
+                           k_center_greedy, mc_entropy_scores, squared_distances_to_nearest,
+                           top_k_positions)
+from conftest import N_FEATURES, feature_pool, tiny_sequential
 
 
 class FakeModel:
@@ -41,30 +46,9 @@ def fake_model():
     return FakeModel(dirichlet_probs(50))
 
 
-N_FEATURES = 3
-
-
-def real_pool(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(n, N_FEATURES)).astype(np.float32)
-
-
-def tiny_sequential(*hidden, n_inputs: int = N_FEATURES, n_classes: int = 4, seed: int = 0):
-    """``keras.Sequential``: Input -> ``hidden`` layers -> Dense softmax, seeded weights."""
-    import keras
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential([keras.Input(shape=(n_inputs,)), *hidden,
-                             keras.layers.Dense(n_classes, activation="softmax")])
-
-
-@pytest.fixture(scope="module")
-def real_model():
-    """A tiny real model every strategy can use: BatchNorm, Dropout, a Dense penultimate layer."""
-    import keras
-    return tiny_sequential(keras.layers.Dense(16, activation="relu"), keras.layers.BatchNormalization(),
-                           keras.layers.Dropout(0.5), keras.layers.Dense(8, activation="relu"))
-
-
-LABELED = real_pool(10, seed=99) + 2.0  # labeled samples, away from the pool's centre
+LABELED = feature_pool(10, seed=99) + 2.0  # labeled samples, away from the pool's centre
+NO_LABELED = feature_pool(0)
+NO_FAKE_LABELED = pool(0)
 
 
 class Untouchable:
@@ -144,7 +128,8 @@ def test_margin_score_is_minus_the_gap_between_the_top_two():
     ("margin", [2, 1, 0, 3]),
 ])
 def test_uncertainty_strategies_rank_the_hand_example(name, expected):
-    positions = get_strategy(name).select(FakeModel(HAND_PROBS), pool(4), 4, np.random.default_rng(0))
+    positions = get_strategy(name).select(FakeModel(HAND_PROBS), pool(4), 4, np.random.default_rng(0),
+                                          NO_FAKE_LABELED)
     assert list(positions) == expected
 
 
@@ -167,18 +152,20 @@ def test_top_k_positions_with_k_zero_is_empty():
 
 # --------------------------------------------------------------------------- shared template
 # Every registered strategy runs on the same tiny real Keras model (the fake model above only
-# serves hand-computed probability examples): new strategies are covered by registering them.
+# serves hand-computed probability examples) and is always called with all five arguments,
+# samples for both x_unlabeled and x_labeled: new strategies are covered by registering them.
 ALL_STRATEGIES = sorted(STRATEGIES)
 
 
-def select(name, model, x, batch_size, seed=0, **kwargs):
-    return np.asarray(get_strategy(name).select(model, x, batch_size, np.random.default_rng(seed), **kwargs))
+def select(name, model, x, batch_size, seed=0, x_labeled=LABELED):
+    strategy = get_strategy(name)
+    return np.asarray(strategy.select(model, x, batch_size, np.random.default_rng(seed), x_labeled))
 
 
 @pytest.mark.parametrize("name", ALL_STRATEGIES)
 @pytest.mark.parametrize("batch_size", [1, 7, 50])
-def test_strategy_returns_batch_size_unique_positions_in_range(name, real_model, batch_size):
-    positions = select(name, real_model, real_pool(50), batch_size, x_labeled=LABELED)
+def test_strategy_returns_batch_size_distinct_positions_in_range(name, real_model, batch_size):
+    positions = select(name, real_model, feature_pool(50), batch_size)
     assert positions.shape == (batch_size,)
     assert np.issubdtype(positions.dtype, np.integer)
     assert len(np.unique(positions)) == batch_size
@@ -186,35 +173,35 @@ def test_strategy_returns_batch_size_unique_positions_in_range(name, real_model,
 
 
 @pytest.mark.parametrize("name", ALL_STRATEGIES)
-def test_strategy_works_without_labeled_samples(name, real_model):
-    positions = select(name, real_model, real_pool(30), 5)
-    assert len(np.unique(positions)) == 5 and positions.max() < 30
+def test_strategy_works_with_an_empty_labeled_set(name, real_model):
+    positions = select(name, real_model, feature_pool(30), 5, x_labeled=NO_LABELED)
+    assert len(np.unique(positions)) == 5 and positions.min() >= 0 and positions.max() < 30
 
 
 @pytest.mark.parametrize("name", ALL_STRATEGIES)
 def test_strategy_is_deterministic_under_the_same_rng_seed(name, real_model):
-    first = select(name, real_model, real_pool(50), 10, seed=123, x_labeled=LABELED)
-    again = select(name, real_model, real_pool(50), 10, seed=123, x_labeled=LABELED)
+    first = select(name, real_model, feature_pool(50), 10, seed=123)
+    again = select(name, real_model, feature_pool(50), 10, seed=123)
     assert np.array_equal(first, again)
 
 
 @pytest.mark.parametrize("name", ALL_STRATEGIES)
 def test_strategy_rejects_batch_larger_than_pool(name, real_model):
     with pytest.raises(ValueError, match="cannot select 11 samples from an unlabeled pool of 10"):
-        select(name, real_model, real_pool(10), 11, x_labeled=LABELED)
+        select(name, real_model, feature_pool(10), 11)
 
 
 @pytest.mark.parametrize("name", ALL_STRATEGIES)
 def test_strategy_rejects_empty_pool(name, real_model):
     with pytest.raises(ValueError, match="pool of 0"):
-        select(name, real_model, real_pool(0), 1, x_labeled=LABELED)
+        select(name, real_model, feature_pool(0), 1)
 
 
 @pytest.mark.parametrize("name", ALL_STRATEGIES)
 @pytest.mark.parametrize("batch_size", [0, -3])
 def test_strategy_rejects_non_positive_batch_size(name, real_model, batch_size):
     with pytest.raises(ValueError, match="batch_size must be positive"):
-        select(name, real_model, real_pool(10), batch_size)
+        select(name, real_model, feature_pool(10), batch_size)
 
 
 @pytest.mark.parametrize("name", ALL_STRATEGIES)
@@ -227,22 +214,26 @@ def test_strategy_name_round_trips_through_the_registry(name):
 @pytest.mark.parametrize("name", ALL_STRATEGIES)
 def test_strategy_declares_whether_it_uses_the_model(name):
     if get_strategy(name).uses_model:
-        with pytest.raises(Exception):
-            select(name, Untouchable(), real_pool(20), 5)
+        with pytest.raises(RuntimeError, match="the model was used"):
+            select(name, Untouchable(), feature_pool(20), 5)
     else:
-        assert len(select(name, Untouchable(), real_pool(20), 5)) == 5
+        assert len(select(name, Untouchable(), feature_pool(20), 5)) == 5
+
+
+USES_LABELED = {"coreset"}  # the labeled samples are its initial centers; the others ignore them
 
 
 @pytest.mark.parametrize("name", ALL_STRATEGIES)
-def test_strategy_declares_whether_it_uses_the_labeled_samples(name, real_model):
-    without = select(name, real_model, real_pool(50), 10)
-    with_labeled = select(name, real_model, real_pool(50), 10, x_labeled=LABELED)
-    assert (not np.array_equal(without, with_labeled)) == get_strategy(name).uses_labeled
+def test_only_coreset_depends_on_the_labeled_samples(name, real_model):
+    without = select(name, real_model, feature_pool(50), 10, x_labeled=NO_LABELED)
+    with_labeled = select(name, real_model, feature_pool(50), 10, x_labeled=LABELED)
+    assert (not np.array_equal(without, with_labeled)) == (name in USES_LABELED)
 
 
 # --------------------------------------------------------------------------- specific strategies
 def test_entropy_selects_the_highest_entropy_rows(fake_model):
-    positions = get_strategy("entropy").select(fake_model, pool(50), 8, np.random.default_rng(0))
+    positions = get_strategy("entropy").select(fake_model, pool(50), 8, np.random.default_rng(0),
+                                               NO_FAKE_LABELED)
     expected = np.argsort(-scipy_entropy(fake_model.probs.astype(np.float64), axis=1), kind="stable")[:8]
     assert list(positions) == list(expected)
 
@@ -250,19 +241,19 @@ def test_entropy_selects_the_highest_entropy_rows(fake_model):
 def test_entropy_positions_index_into_the_pool_it_was_given(fake_model):
     # The pool handed to the strategy is a subset (rows 10..29): positions are relative to it.
     sub = pool(50)[10:30]
-    positions = get_strategy("entropy").select(fake_model, sub, 3, np.random.default_rng(0))
+    positions = get_strategy("entropy").select(fake_model, sub, 3, np.random.default_rng(0), pool(10))
     ent = scipy_entropy(fake_model.probs[10:30].astype(np.float64), axis=1)
     assert list(positions) == list(np.argsort(-ent, kind="stable")[:3])
 
 
 def test_random_sampling_works_without_a_model():
-    positions = get_strategy("random").select(None, pool(30), 30, np.random.default_rng(0))
+    positions = get_strategy("random").select(None, pool(30), 30, np.random.default_rng(0), pool(0))
     assert sorted(positions) == list(range(30))
 
 
 def test_random_sampling_depends_on_the_rng_seed():
-    a = get_strategy("random").select(None, pool(1000), 10, np.random.default_rng(0))
-    b = get_strategy("random").select(None, pool(1000), 10, np.random.default_rng(1))
+    a = get_strategy("random").select(None, pool(1000), 10, np.random.default_rng(0), pool(0))
+    b = get_strategy("random").select(None, pool(1000), 10, np.random.default_rng(1), pool(0))
     assert not np.array_equal(a, b)
 
 
@@ -273,18 +264,9 @@ def test_get_strategy_unknown_name_lists_the_known_ones():
         assert name in str(err.value)
 
 
-def test_registry_holds_random_and_entropy():
-    assert {"random", "entropy"} <= set(STRATEGIES)
-
-
-def test_predict_proba_of_empty_pool_has_the_model_output_width(fake_model):
-    probs = predict_proba(fake_model, pool(0))
-    assert probs.shape == (0, 4)
-    assert fake_model.calls == 0
-
-
-def test_predict_proba_returns_float64(fake_model):
-    assert predict_proba(fake_model, pool(5)).dtype == np.float64
+def test_registry_holds_every_documented_strategy():
+    assert set(STRATEGIES) == {"random", "entropy", "least_confidence", "margin", "bald", "entropy_mc",
+                               "coreset", "badge"}
 
 
 # --------------------------------------------------------------------------- bald / entropy_mc scores
@@ -341,86 +323,19 @@ def test_mc_passes_is_a_class_default_and_a_constructor_argument():
     assert strategies.BALDSampling.mc_passes == 10  # the instance override does not leak
 
 
-# --------------------------------------------------------------------------- MC-dropout passes
-def test_mc_predict_proba_has_passes_by_samples_by_classes_and_valid_rows(real_model):
-    mc = mc_predict_proba(real_model, real_pool(11), 4, np.random.default_rng(0), batch_size=8)
-    assert mc.shape == (4, 11, 4) and mc.dtype == np.float64
-    np.testing.assert_allclose(mc.sum(axis=2), 1.0, atol=1e-5)
+def test_mc_strategies_use_their_own_number_of_passes(real_model, monkeypatch):
+    seen = []
+    real = strategies.mc_predict_proba
 
+    def recording(model, x, mc_passes, rng, **kwargs):
+        seen.append(mc_passes)
+        return real(model, x, mc_passes, rng, **kwargs)
 
-def test_mc_passes_differ_and_are_reproducible_from_the_rng(real_model):
-    x = real_pool(20)
-    a = mc_predict_proba(real_model, x, 5, np.random.default_rng(7))
-    b = mc_predict_proba(real_model, x, 5, np.random.default_rng(7))
-    c = mc_predict_proba(real_model, x, 5, np.random.default_rng(8))
-    assert np.array_equal(a, b)
-    assert not np.allclose(a[0], a[1])  # different masks per pass
-    assert not np.allclose(a, c)        # masks come from the rng
-
-
-def conv_model_with_dropout_between_blocks():
-    """Conv1D -> BN -> ReLU -> Dropout -> Conv1D -> pool -> Dropout -> Dense: a small MIT-BIH net."""
-    import keras
-    from keras import layers
-    keras.utils.set_random_seed(0)
-    return keras.Sequential([
-        keras.Input(shape=(24, 1)), layers.Conv1D(4, 3), layers.BatchNormalization(),
-        layers.Activation("relu"), layers.Dropout(0.3), layers.Conv1D(6, 3),
-        layers.GlobalMaxPooling1D(), layers.Dropout(0.3), layers.Dense(8, activation="relu"),
-        layers.Dense(3, activation="softmax")])
-
-
-@pytest.mark.parametrize("batch_size", [40, 8192])
-@pytest.mark.parametrize("kind", ["dense", "conv"])
-def test_graph_mc_passes_equal_eager_layer_by_layer_passes(real_model, kind, batch_size):
-    """Graph mode is only a speed-up: the same seed gives the same masks (several Dropout
-    layers, several pool batches: the seed state advances as in eager mode), so the same
-    probabilities up to float32 rounding."""
-    if kind == "conv":
-        model = conv_model_with_dropout_between_blocks()
-        x = np.random.default_rng(0).normal(size=(30, 24, 1)).astype(np.float32)
-    else:
-        model, x = real_model, real_pool(30)
-    graph = mc_predict_proba(model, x, 4, np.random.default_rng(3), batch_size=batch_size)
-    eager = mc_predict_proba(model, x, 4, np.random.default_rng(3), batch_size=batch_size,
-                             graph=False)
-    np.testing.assert_allclose(graph, eager, rtol=1e-6, atol=1e-7)
-    other = mc_predict_proba(model, x, 4, np.random.default_rng(4), batch_size=batch_size)
-    assert not np.allclose(graph, other)  # the comparison can tell masks apart
-
-
-def test_graph_passes_are_a_tensorflow_function_on_the_tensorflow_backend():
-    import keras
-    import tensorflow as tf
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("graph functions are TensorFlow-only; other backends run eagerly")
-    assert isinstance(strategies._compiled(lambda v: v), tf.types.experimental.PolymorphicFunction)
-
-
-def test_mc_passes_sample_dropout_but_keep_batch_norm_in_inference_mode():
-    """BN(1 unit) -> Dropout(0.5) -> Dense: each pass is the inference-mode BN output kept
-    (scaled by 2) or dropped. Training-mode BN would normalize with the batch statistics."""
-    import keras
-    model = tiny_sequential(keras.layers.BatchNormalization(), keras.layers.Dropout(0.5),
-                            n_inputs=1, n_classes=2)
-    bn, dense = model.layers[0], model.layers[-1]
-    bn.moving_mean.assign([10.0])
-    bn.moving_variance.assign([4.0 - bn.epsilon])
-    dense.kernel.assign([[1.0, -1.0]])
-    dense.bias.assign([0.0, 0.0])
-    x = np.array([[8.0], [11.0], [14.0], [9.0]], dtype=np.float32)
-    mc = mc_predict_proba(model, x, 20, np.random.default_rng(0))
-
-    def softmax_of(z):
-        logits = np.stack([z, -z], axis=-1)
-        return np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
-
-    kept = softmax_of(2 * (x[:, 0] - 10.0) / 2.0)
-    dropped = softmax_of(np.zeros(len(x)))
-    is_kept = np.isclose(mc, kept[None], atol=1e-5).all(axis=2)
-    is_dropped = np.isclose(mc, dropped[None], atol=1e-5).all(axis=2)
-    assert np.all(is_kept | is_dropped)
-    assert is_kept.any() and is_dropped.any()
+    monkeypatch.setattr(strategies, "mc_predict_proba", recording)
+    strategies.BALDSampling(mc_passes=3).select(real_model, feature_pool(20), 4,
+                                                np.random.default_rng(0), LABELED)
+    strategies.MCEntropySampling().select(real_model, feature_pool(20), 4, np.random.default_rng(0), LABELED)
+    assert seen == [3, strategies.MC_PASSES]
 
 
 @pytest.mark.parametrize("name", ["bald", "entropy_mc"])
@@ -431,50 +346,21 @@ def test_mc_strategies_reject_a_model_without_dropout(name, rate):
     if rate is not None:
         hidden.append(keras.layers.Dropout(rate))
     with pytest.raises(ValueError, match="needs a model with a Dropout layer"):
-        select(name, tiny_sequential(*hidden), real_pool(20), 5)
-
-
-@pytest.mark.parametrize("name", ["bald", "entropy_mc", "coreset", "badge"])
-def test_model_internal_strategies_reject_a_non_sequential_model(name):
-    import keras
-    inputs = keras.Input(shape=(N_FEATURES,))
-    hidden = keras.layers.Dropout(0.5)(keras.layers.Dense(8, activation="relu")(inputs))
-    model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(hidden))
-    with pytest.raises(TypeError, match="keras.Sequential"):
-        select(name, model, real_pool(20), 5, x_labeled=LABELED)
+        select(name, tiny_sequential(*hidden), feature_pool(20), 5)
 
 
 def test_bald_selects_the_top_bald_scores_of_its_passes(real_model):
-    x = real_pool(40)
+    x = feature_pool(40)
     positions = select("bald", real_model, x, 6)
     mc = mc_predict_proba(real_model, x, strategies.MC_PASSES, np.random.default_rng(0))
     assert list(positions) == list(top_k_positions(bald_scores(mc), 6))
 
 
 def test_entropy_mc_selects_the_top_mc_entropies(real_model):
-    x = real_pool(40)
-    positions = get_strategy("entropy_mc").select(real_model, x, 6, np.random.default_rng(4))
+    x = feature_pool(40)
+    positions = select("entropy_mc", real_model, x, 6, seed=4)
     mc = mc_predict_proba(real_model, x, strategies.MC_PASSES, np.random.default_rng(4))
     assert list(positions) == list(top_k_positions(mc_entropy_scores(mc), 6))
-
-
-# --------------------------------------------------------------------------- embeddings
-def test_embeddings_are_the_input_of_the_last_dense_layer_and_probs_match_predict(real_model):
-    import keras
-    x = real_pool(30)
-    h, probs = embed_and_predict(real_model, x, batch_size=7)
-    penultimate = keras.Model(real_model.inputs, real_model.layers[-2].output)
-    np.testing.assert_allclose(h, penultimate.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(probs, predict_proba(real_model, x), rtol=1e-5, atol=1e-6)
-    assert h.shape == (30, 8) and h.dtype == np.float32
-
-
-def test_embeddings_reject_a_last_layer_that_is_not_dense():
-    import keras
-    model = keras.Sequential([keras.Input(shape=(N_FEATURES,)), keras.layers.Dense(4),
-                              keras.layers.Activation("softmax")])
-    with pytest.raises(ValueError, match="last layer is Dense"):
-        embed_and_predict(model, real_pool(5))
 
 
 # --------------------------------------------------------------------------- coreset
@@ -509,8 +395,8 @@ def test_chunked_nearest_distances_match_brute_force():
 
 
 def test_coreset_is_k_center_greedy_on_penultimate_embeddings(real_model):
-    x = real_pool(40)
-    positions = select("coreset", real_model, x, 6, x_labeled=LABELED)
+    x = feature_pool(40)
+    positions = select("coreset", real_model, x, 6)
     pool_emb, _ = embed_and_predict(real_model, x)
     labeled_emb, _ = embed_and_predict(real_model, LABELED)
     assert list(positions) == list(k_center_greedy(pool_emb, labeled_emb, 6, np.random.default_rng(0)))
@@ -527,7 +413,7 @@ def test_gradient_embeddings_match_a_hand_computation():
 
 def test_gradient_embeddings_are_the_cross_entropy_gradient_of_the_last_kernel(real_model):
     import tensorflow as tf
-    x = real_pool(5)
+    x = feature_pool(5)
     h, probs = embed_and_predict(real_model, x)
     last = real_model.layers[-1]
     y_hat = probs.argmax(axis=1)
@@ -556,7 +442,7 @@ def test_factorized_kmeans_pp_makes_the_selections_of_sklearn_kmeans_plusplus(se
 
 
 def test_badge_is_kmeans_plus_plus_on_the_gradient_embeddings(real_model):
-    x = real_pool(40)
+    x = feature_pool(40)
     positions = select("badge", real_model, x, 6, seed=3)
     h, probs = embed_and_predict(real_model, x)
     seed = int(np.random.default_rng(3).integers(2 ** 31 - 1))
@@ -568,7 +454,7 @@ def test_badge_fills_the_batch_when_every_gradient_embedding_is_zero():
     model = tiny_sequential(keras.layers.Dense(8, activation="relu"))
     model.layers[-1].kernel.assign(np.zeros((8, 4)))
     model.layers[-1].bias.assign([1000.0, 0.0, 0.0, 0.0])  # p is exactly one-hot: zero gradients
-    positions = select("badge", model, real_pool(20), 8)
+    positions = select("badge", model, feature_pool(20), 8)
     assert len(np.unique(positions)) == 8 and positions.max() < 20
 
 
@@ -576,7 +462,7 @@ def test_badge_rejects_a_last_layer_without_softmax():
     import keras
     model = keras.Sequential([keras.Input(shape=(N_FEATURES,)), keras.layers.Dense(4)])
     with pytest.raises(ValueError, match="softmax"):
-        select("badge", model, real_pool(10), 3)
+        select("badge", model, feature_pool(10), 3)
 
 
 def test_gradient_residuals_are_p_minus_the_one_hot_prediction():

@@ -227,8 +227,10 @@ def select_next(strategy, model, data: Dataset, labeled_idx: np.ndarray, config:
     return chosen
 
 
-def stop_set_indices(seed: int, n_pool: int, size: int = STOP_SET_SIZE) -> np.ndarray:
-    """The run's stop set: ``size`` pool indices from a generator used for nothing else."""
+def stop_set_indices(seed: int, n_pool: int, size: int | None = None) -> np.ndarray:
+    """The run's stop set: ``size`` (default ``STOP_SET_SIZE``) pool indices from a generator
+    used for nothing else."""
+    size = STOP_SET_SIZE if size is None else size
     rng = np.random.default_rng([seed, STOP_SET_STREAM])
     return np.sort(rng.choice(n_pool, min(size, n_pool), replace=False))
 
