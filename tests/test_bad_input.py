@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import subprocess
 import sys
@@ -11,16 +10,13 @@ import sys
 import numpy as np
 import pytest
 
-import experiment
 import mitbih
 import mnist
 import plot_perf
-import runner
-from conftest import make_synthetic_dataset, tiny_build_model
-from data_common import REPO_ROOT, Dataset
-from test_data_mitbih import write_csv
-from test_data_mnist import write_mnist
-from test_experiment import NAMESPACE
+from al import cli, grid
+from al.data_common import REPO_ROOT, Dataset
+from conftest import (NAMESPACE, make_synthetic_dataset, tiny_build_model, toy_load_data, write_csv,
+                      write_mnist)
 
 
 @pytest.fixture
@@ -28,19 +24,15 @@ def no_workers(monkeypatch):
     """Fail the test if the grid is started: errors must come before any worker."""
     def fail(*args, **kwargs):
         raise AssertionError("the grid was started despite bad input")
-    monkeypatch.setattr(runner, "run_grid", fail)
+    monkeypatch.setattr(grid, "run_grid", fail)
 
 
 def main_error(dataset, namespace, load_data, argv, build_model=tiny_build_model) -> str:
     with pytest.raises(SystemExit) as err:
-        experiment.main(dataset, namespace, load_data, build_model, argv)
+        cli.main(dataset, namespace, load_data, build_model, argv)
     message = str(err.value.code)
     assert message.startswith("error: "), message
     return message
-
-
-def toy(config, data_dir=None):
-    return make_synthetic_dataset()
 
 
 # --------------------------------------------------------------------------- dataset files
@@ -93,7 +85,8 @@ def test_unknown_mitbih_split_gives_a_clean_error(tmp_path, no_workers):
 @pytest.mark.parametrize("broken, problem", [
     (dict(y_train=np.full(300, 7)), "labels must lie in 0..2"),
     (dict(y_test=np.zeros(3, dtype=np.int64)), "100 samples but 3 labels"),
-    (dict(x_test=np.zeros((100, 3), dtype=np.float32)), "train samples have shape (2,) but test samples (3,)"),
+    (dict(x_test=np.zeros((100, 3), dtype=np.float32)),
+     "train samples have shape (2,) but test samples (3,)"),
 ])
 def test_dataset_whose_labels_or_shapes_do_not_match(tmp_path, no_workers, broken, problem):
     good = make_synthetic_dataset()
@@ -108,16 +101,20 @@ def test_dataset_whose_labels_or_shapes_do_not_match(tmp_path, no_workers, broke
 
 # --------------------------------------------------------------------------- options
 def test_budget_larger_than_the_pool_is_refused_before_workers_start(tmp_path, no_workers):
-    message = main_error("toy", NAMESPACE, toy, ["--n-steps", "100", "--jobs", "2",
-                                                 "--results-dir", str(tmp_path)])
+    message = main_error("toy", NAMESPACE, toy_load_data,
+                         ["--n-steps", "100", "--jobs", "2", "--results-dir", str(tmp_path)])
     assert "= 1020 labels" in message and "only 300 samples" in message
     assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("argv, problem", [
-    (["--fit-batch-size", "0"], "--fit-batch-size must be positive"),
-    (["--n-steps", "-1"], "--n-steps must be 0 or more"),
-    (["--pool-subsample", "-5"], "--pool-subsample must be 0 or more"),
+    (["--fit-batch-size", "0"], "--fit-batch-size must be a positive integer"),
+    (["--n-steps", "-1"], "--n-steps must be 0 or a positive integer"),
+    (["--pool-subsample", "-5"], "--pool-subsample must be 0 or a positive integer"),
+    (["--pool-subsample", "5"], "--pool-subsample (5) must be 0 (off) or at least --batch-size"),
+    (["--val-fraction", "1.0"], "--val-fraction must be in [0, 1)"),
+    (["--class-weight", "heavy"], "--class-weight must be one of"),
+    (["--threads", "0"], "--threads must be a positive integer"),
     (["--jobs", "0"], "--jobs must be at least 1"),
     (["--retries", "-1"], "--retries must be at least 0"),
     (["--first-seed", "-1"], "--first-seed must be at least 0"),
@@ -126,12 +123,12 @@ def test_budget_larger_than_the_pool_is_refused_before_workers_start(tmp_path, n
     (["--strategies", "random,oracle"], "unknown strategies ['oracle']"),
 ])
 def test_bad_options_are_named(tmp_path, no_workers, argv, problem):
-    assert problem in main_error("toy", NAMESPACE, toy, argv + ["--results-dir", str(tmp_path)])
+    assert problem in main_error("toy", NAMESPACE, toy_load_data, argv + ["--results-dir", str(tmp_path)])
 
 
 def test_unknown_backend_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
-        experiment.main("toy", NAMESPACE, toy, tiny_build_model, ["--backend", "slurm"])
+        cli.main("toy", NAMESPACE, toy_load_data, tiny_build_model, ["--backend", "slurm"])
     assert err.value.code == 2 and "--backend" in capsys.readouterr().err
 
 
@@ -142,53 +139,8 @@ def test_unknown_dataset_in_run_sh_is_named_before_any_setup():
     assert "unknown dataset 'cifar'" in proc.stderr and "mnist mitbih" in proc.stderr
 
 
-# --------------------------------------------------------------------------- results folder
-@pytest.fixture
-def one_run(tmp_path, monkeypatch):
-    """results/toy/random_seed0.json, complete, with epochs 1 and no steps after the first."""
-    monkeypatch.setattr(experiment, "_DATA_CACHE", {})
-    results = tmp_path / "results"
-    experiment.main("toy", NAMESPACE, toy, tiny_build_model,
-                    ["--jobs", "1", "--strategies", "random", "--n-steps", "0",
-                     "--results-dir", str(results)])
-    return results
-
-
-@pytest.mark.slow
-def test_results_of_another_config_are_listed_before_workers_start(one_run, monkeypatch):
-    monkeypatch.setattr(runner, "run_grid", lambda *a, **k: pytest.fail("grid started"))
-    calls = []
-    message = main_error("toy", NAMESPACE, lambda c, d=None: calls.append(1),
-                         ["--strategies", "random", "--n-steps", "0", "--epochs", "2",
-                          "--results-dir", str(one_run)])
-    assert str(one_run / "toy" / "random_seed0.json") in message
-    assert "epochs: 1 on disk vs 2 now" in message and "--fresh" in message
-    assert calls == [], "the data must not even be loaded"
-    # --fresh may overwrite the grid's own runs, never other runs in the folder.
-    message = main_error("toy", NAMESPACE, toy, ["--strategies", "entropy", "--n-steps", "0",
-                                                 "--epochs", "2", "--fresh", "--results-dir",
-                                                 str(one_run)])
-    assert "random_seed0.json" in message and "another --results-dir" in message
-
-
-@pytest.mark.slow
-def test_fresh_overwrites_the_grids_runs_of_another_config(one_run, monkeypatch):
-    monkeypatch.setattr(experiment, "_DATA_CACHE", {})
-    results = experiment.main("toy", NAMESPACE, toy, tiny_build_model,
-                              ["--jobs", "1", "--strategies", "random", "--n-steps", "0",
-                               "--epochs", "2", "--fresh", "--results-dir", str(one_run)])
-    assert results[0]["config"]["epochs"] == 2
-
-
-@pytest.mark.slow
-def test_modified_run_file_is_listed_before_workers_start(one_run, no_workers):
-    path = one_run / "toy" / "random_seed0.json"
-    run = json.loads(path.read_text())
-    run["steps"][0]["macro_f1"] = 1.0
-    path.write_text(json.dumps(run))
-    message = main_error("toy", NAMESPACE, toy, ["--strategies", "random", "--n-steps", "0",
-                                                 "--results-dir", str(one_run)])
-    assert str(path) in message and "modified or truncated" in message
+# Results folders holding other configs, other data or modified files: test_cli.py and
+# test_fault_tolerance.py.
 
 
 # --------------------------------------------------------------------------- plot_perf

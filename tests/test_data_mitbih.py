@@ -1,4 +1,4 @@
-"""Tests of the MIT-BIH loader (code/data_mitbih.py).
+"""Tests of the MIT-BIH loader (code/al/data_mitbih.py).
 
 Real-data tests read the mitdb records under ``$AL_DATA_DIR/mitbih``: they are skipped
 when AL_DATA_DIR is not set, and fail when it is set but the records are missing or
@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 import wfdb
 
-import data_mitbih
-from data_common import DataCorruptError, DataNotFoundError
-from data_mitbih import (
-    BEAT_LENGTH, CLASS_NAMES, DS1, DS2, PACED, build_beats, load_mitbih,
-)
+from al import data_mitbih
+from al.data_common import DataCorruptError, DataNotFoundError
+from al.data_mitbih import BEAT_LENGTH, CLASS_NAMES, DS1, DS2, PACED, build_beats, load_mitbih
+from conftest import write_csv
 
 # AAMI classes of the annotation symbols, written out independently of the module.
 AAMI_CLASS = {**dict.fromkeys("NLRej", 0), **dict.fromkeys("AaJS", 1),
@@ -80,14 +79,6 @@ def write_synthetic_record(directory, name, beat_samples, symbols, n_samples, fs
     wfdb.wrann(name, "atr", sample=np.asarray(beat_samples), symbol=list(symbols),
                write_dir=str(directory))
     return directory / name
-
-
-def write_csv(path, n_rows, n_columns=BEAT_LENGTH + 1, labels=None, seed=0):
-    rng = np.random.default_rng(seed)
-    table = rng.random((n_rows, n_columns))
-    table[:, -1] = np.arange(n_rows) % len(CLASS_NAMES) if labels is None else labels
-    np.savetxt(path, table, delimiter=",", fmt="%.8e")
-    return table
 
 
 def nonzero_length(x):
@@ -171,6 +162,19 @@ def test_full_build_matches_aami_totals(full_build):
     assert dataset.class_names == CLASS_NAMES
 
 
+def test_records_provenance_names_recipe_and_split_not_paths(full_build, records_dir):
+    cache_dir, intra = full_build
+    inter = load_mitbih(data_dir=records_dir, split="inter", cache_dir=cache_dir, download=False)
+    for data in (intra, inter):
+        provenance = data.provenance()
+        recipe = f"PhysioNet mitdb records, beat recipe {data_mitbih.RECIPE_HASH}"
+        assert provenance["origin"].startswith(recipe)
+        assert str(records_dir) not in provenance["origin"] and str(cache_dir) not in provenance["origin"]
+        assert provenance["n_train"] == len(data.y_train) and provenance["n_test"] == len(data.y_test)
+    assert "intra-patient split, seed 0" in intra.origin and "inter-patient" in inter.origin
+    assert intra.sha256 != inter.sha256
+
+
 def test_cache_is_reused(full_build, records_dir, monkeypatch):
     cache_dir, first = full_build
 
@@ -251,6 +255,8 @@ def test_csv_files_are_loaded(isolated):
     np.testing.assert_allclose(dataset.x_train, train[:, :-1], rtol=1e-6)
     assert dataset.y_test.tolist() == test[:, -1].astype(int).tolist()
     assert "mitbih_train.csv" in dataset.source and dataset.class_names == CLASS_NAMES
+    assert dataset.origin == "Kaggle MIT-BIH CSVs (fixed intra-patient split)"
+    assert str(isolated) not in dataset.origin
 
 
 def test_csv_cannot_give_inter_split(isolated):

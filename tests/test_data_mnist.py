@@ -3,46 +3,18 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
-import struct
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import data_common
-import data_mnist
-from data_common import DataCorruptError, DataNotFoundError
-from data_mnist import FILES, load_mnist
-
-
-# --------------------------------------------------------------------------- synthetic idx files
-def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
-    array = np.asarray(array, dtype=np.uint8)
-    magic = magic if magic is not None else {1: 2049, 3: 2051}[array.ndim]
-    return struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-
-
-def write_idx(path: Path, array: np.ndarray, magic: int | None = None) -> Path:
-    with gzip.open(path, "wb") as f:
-        f.write(idx_bytes(array, magic))
-    return path
-
-
-def write_mnist(folder: Path, n_train: int = 6, n_test: int = 4, size: int = 5, **override) -> Path:
-    """The four MNIST files with tiny random content; ``override`` replaces arrays by key."""
-    rng = np.random.default_rng(0)
-    arrays = {
-        "x_train": rng.integers(0, 256, (n_train, size, size)),
-        "y_train": np.arange(n_train) % 10,
-        "x_test": rng.integers(0, 256, (n_test, size, size)),
-        "y_test": np.arange(n_test) % 10,
-        **override,
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    for key, name in FILES.items():
-        write_idx(folder / name, arrays[key])
-    return folder
+from al import data_common, data_mnist
+from al.data_common import DataCorruptError, DataNotFoundError
+from al.data_mnist import FILES, load_mnist
+from conftest import idx_bytes, write_idx, write_mnist
 
 
 @pytest.fixture
@@ -72,6 +44,20 @@ def test_data_dir_is_searched_before_al_data_dir(tmp_path, no_default_data, monk
 def test_default_data_root_is_searched_last(tmp_path, no_default_data):
     write_mnist(no_default_data / "mnist", n_train=2)
     assert len(load_mnist(allow_download=False).x_train) == 2
+
+
+def test_provenance_records_the_kind_of_copy_and_its_content_not_its_path(tmp_path, no_default_data):
+    folder = write_mnist(tmp_path / "mnist")
+    data = load_mnist(folder, allow_download=False)
+    assert data.provenance() == {"origin": "MNIST idx files", "sha256": data.sha256,
+                                 "n_train": 6, "n_test": 4}
+    assert str(tmp_path) not in json.dumps(data.provenance())
+    moved = load_mnist(shutil.copytree(folder, tmp_path / "elsewhere"), allow_download=False)
+    assert moved.sha256 == data.sha256, "the same files in another folder are the same data"
+    x_train = data_mnist.read_idx(folder / FILES["x_train"], 3).copy()
+    x_train[0, 0, 0] ^= 1  # one pixel, one grey level
+    write_idx(folder / FILES["x_train"], x_train)
+    assert load_mnist(folder, allow_download=False).sha256 != data.sha256
 
 
 # --------------------------------------------------------------------------- missing data
@@ -208,6 +194,15 @@ def test_real_mnist_is_found_through_al_data_dir(real_mnist, monkeypatch, tmp_pa
     assert data_common.candidate_dirs("mnist")[0] == folder
     data = load_mnist(allow_download=False)
     assert str(folder) in data.source
+
+
+def test_real_mnist_provenance(real_mnist):
+    data, folder = real_mnist
+    provenance = data.provenance()
+    assert provenance["origin"] == "MNIST idx files" and str(folder) not in json.dumps(provenance)
+    assert provenance["n_train"] == 60000 and provenance["n_test"] == 10000
+    assert len(provenance["sha256"]) == 64
+    assert data_mnist.from_idx_dir(folder).sha256 == provenance["sha256"], "stable across loads"
 
 
 def test_real_mnist_shapes_and_types(real_mnist):

@@ -1,9 +1,16 @@
-"""Faults: a run killed with SIGKILL mid-step, a lost worker, killed drivers, edited run files."""
+"""Faults: a worker SIGKILLed mid-run, lost workers, a killed driver, run files edited by hand.
+
+A run lives in one run file (``results/<dataset>/<strategy>_seed<k>.json``), replaced
+atomically after every step, with each step's ``selected`` indices and a digest of the whole
+content: a killed run resumes from it to the uninterrupted result, and a file changed by
+hand is refused by every reader (resume, the pre-flight check, plot_perf).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,41 +19,34 @@ from pathlib import Path
 
 import pytest
 
-import al_loop
-import experiment
-import plot_perf
-import runfiles
-import runner
-from conftest import LOOP_CONFIG, make_synthetic_dataset, tiny_build_model
+from al import cli, grid, loop, runs
+from al.grid import RunTask
+from al.strategies import get_strategy
+from conftest import (LOOP_CONFIG, NAMESPACE, make_synthetic_dataset, strip_timing, tiny_build_model,
+                      tmp_files, toy_load_data)
 
 HERE = Path(__file__).resolve().parent
 CODE = HERE.parent / "code"
-
-
-def strip_timing(steps):
-    return [{k: v for k, v in s.items() if k not in runfiles.TIMING_KEYS} for s in steps]
-
-
-def tmp_files(folder):
-    return [os.path.join(d, f) for d, _, files in os.walk(folder) for f in files if f.endswith(".tmp")]
-
-
-def read_run(results_dir, strategy="entropy", seed=0, dataset="toy"):
-    result_path, state_path = al_loop.run_paths(Path(results_dir), dataset, strategy, seed)
-    return json.loads(result_path.read_text()), json.loads(state_path.read_text())
+STRATEGIES = ("random", "entropy")
 
 
 def run(results_dir, strategy="entropy", seed=0, **kwargs):
-    return al_loop.run_active_learning(
+    return loop.run_active_learning(
         dataset="toy", data=make_synthetic_dataset(), build_model=tiny_build_model,
         config=dict(LOOP_CONFIG), strategy=strategy, seed=seed, results_dir=results_dir, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
+    """results/toy/{random,entropy}_seed0.json of runs that nothing interrupted."""
     folder = tmp_path_factory.mktemp("uninterrupted")
-    run(folder)
+    for strategy in STRATEGIES:
+        run(folder, strategy)
     return folder
+
+
+def read(results_dir, strategy="entropy", seed=0) -> dict:
+    return runs.read_run(runs.run_path(Path(results_dir), "toy", strategy, seed))
 
 
 def alive(pid: int) -> bool:
@@ -70,203 +70,152 @@ def wait_for(condition, timeout: float, what: str, proc=None):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def steps_on_disk(path: Path) -> int:
-    try:
-        return len(json.loads(path.read_text())["steps"])
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
-# --------------------------------------------------------------------------- SIGKILL mid-step
-KILLED_RUN = """
-import sys, time
-sys.path[:0] = [{code!r}, {tests!r}]
-import experiment
-experiment.configure_tensorflow(1)
-import al_loop, conftest
-
-def slow_build(*args):  # a slower step (same result), so the kill lands inside one
-    time.sleep(0.4)
-    return conftest.tiny_build_model(*args)
-
-al_loop.run_active_learning(dataset="toy", data=conftest.make_synthetic_dataset(),
-                            build_model=slow_build, config=dict(conftest.LOOP_CONFIG),
-                            strategy="entropy", seed=0, results_dir={results!r})
-"""
-
-
-@pytest.mark.slow
-def test_run_killed_mid_step_resumes_to_the_uninterrupted_result(uninterrupted, tmp_path):
-    script = KILLED_RUN.format(code=str(CODE), tests=str(HERE), results=str(tmp_path))
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    result_path, state_path = al_loop.run_paths(tmp_path, "toy", "entropy", 0)
-    try:
-        wait_for(lambda: steps_on_disk(result_path) >= 1, 120, "the first step", proc)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    partial = json.loads(result_path.read_text())  # never a partial file: writes are atomic
-    assert 1 <= len(partial["steps"]) < LOOP_CONFIG["n_steps"] + 1 and not partial["complete"]
-    # What a writer killed inside write_text_atomic leaves behind; the next run removes it.
-    stale = [result_path.parent / f".{result_path.name}.dead1234.tmp",
-             state_path.parent / f".{state_path.name}.dead5678.tmp"]
-    for path in stale:
-        path.write_text('{"steps": [')
-
+# --------------------------------------------------------------------------- killed runs
+def test_run_file_of_a_run_killed_between_steps_resumes_to_the_same_result(uninterrupted, tmp_path):
+    # A kill between two steps leaves the file of the last completed step: a valid earlier version.
+    reference = read(uninterrupted)
+    path = runs.run_path(tmp_path, "toy", "entropy", 0)
+    runs.save_run(path, {**json.loads(json.dumps(reference)), "steps": reference["steps"][:2],
+                         "complete": False})
+    assert len(runs.read_run(path)["steps"]) == 2
     resumed = run(tmp_path)
-    assert resumed["complete"]
-    result_a, state_a = read_run(uninterrupted)
-    result_b, state_b = read_run(tmp_path)
-    assert strip_timing(result_b["steps"]) == strip_timing(result_a["steps"])
-    assert state_b["selected"] == state_a["selected"]
-    assert set(result_b) == set(al_loop.RESULT_KEYS)
-    assert tmp_files(tmp_path) == []
-    assert runfiles.read_result(result_path)[1] == "verified"
-
-
-def test_killed_between_state_and_result_write_is_accepted_everywhere(uninterrupted, tmp_path):
-    # The state (and its checksum) is one step ahead of the result: a valid earlier version.
-    result, state = read_run(uninterrupted)
-    folder = tmp_path / "toy"
-    result_path, state_path = folder / "entropy_seed0.json", folder / "state" / "entropy_seed0.json"
-    earlier = {**result, "steps": result["steps"][:2], "complete": False}
-    previous = runfiles.save_run(result_path, state_path, earlier,
-                                 {"config_hash": "x", "selected": state["selected"][:2]}, None)
-    text = json.dumps({**result, "steps": result["steps"][:3]}, indent=1)
-    runfiles.write_json_atomic(state_path, {"config_hash": "x", "selected": state["selected"][:3],
-                                            "result_sha256": runfiles.sha256_text(text),
-                                            "previous_result_sha256": previous})
-    assert runfiles.read_result(result_path)[1] == "previous"
-    assert len(plot_perf.read_run(result_path)["steps"]) == 2
-    loaded = al_loop.load_previous(result_path, state_path, LOOP_CONFIG)
-    assert len(loaded[0]["steps"]) == 2 and len(loaded[1]) == 2 and loaded[2] == previous
+    assert resumed["steps"][:2] == reference["steps"][:2]
+    assert strip_timing(resumed["steps"]) == strip_timing(reference["steps"])
+    assert resumed["provenance"]["resumed"][0]["step"] == 2
 
 
 # --------------------------------------------------------------------------- edited run files
 @pytest.fixture
 def copied(uninterrupted, tmp_path):
-    import shutil
+    """A copy of the uninterrupted folder; returns the entropy run's file."""
     shutil.copytree(uninterrupted / "toy", tmp_path / "toy")
-    return al_loop.run_paths(tmp_path, "toy", "entropy", 0)
+    return runs.run_path(tmp_path, "toy", "entropy", 0)
 
 
 def edit(path: Path, change) -> None:
+    """Change a run file the way a person would: valid JSON, the old digest left in place."""
     run_dict = json.loads(path.read_text())
     change(run_dict)
     path.write_text(json.dumps(run_dict, indent=1))
 
 
-def test_hand_edited_result_is_refused_by_plot_and_resume(copied, tmp_path):
-    result_path, state_path = copied
-    edit(result_path, lambda r: r["steps"][1].update(macro_f1=0.99))  # still valid JSON and schema
-    with pytest.raises(plot_perf.InvalidRunFile, match="modified or truncated") as err:
-        plot_perf.read_run(result_path)
-    assert str(result_path) in str(err.value)
-    with pytest.raises(al_loop.ModifiedRunError, match="--fresh"):
-        al_loop.load_previous(result_path, state_path, LOOP_CONFIG)
-    with pytest.raises(al_loop.ConfigMismatchError, match="modified or truncated"):
+def test_hand_edited_run_file_is_refused_by_the_reader_and_by_resume(copied, tmp_path):
+    edit(copied, lambda r: r["steps"][1].update(macro_f1=0.99))  # still valid JSON and schema
+    with pytest.raises(runs.RunFileError, match="modified or truncated") as err:
+        runs.read_run(copied)
+    assert str(copied) in str(err.value)
+    with pytest.raises(loop.ModifiedRunError, match="--fresh"):
+        loop.load_previous(copied, dict(LOOP_CONFIG), make_synthetic_dataset(), get_strategy("entropy"))
+    with pytest.raises(loop.ConfigMismatchError, match="modified or truncated"):
         run(tmp_path)
 
 
-def test_result_with_steps_cut_off_is_refused(copied):
-    result_path, _ = copied
-    edit(result_path, lambda r: r.update(steps=r["steps"][:2], complete=False))
-    with pytest.raises(plot_perf.InvalidRunFile, match="modified or truncated"):
-        plot_perf.read_run(result_path)
+@pytest.mark.parametrize("damage, problem", [
+    (lambda path: edit(path, lambda r: r["steps"][2].update(accuracy=r["steps"][2]["accuracy"] / 2)),
+     "modified or truncated"),
+    (lambda path: path.write_text(path.read_text()[:-40]), "not valid JSON"),
+], ids=["edited", "truncated"])
+def test_damaged_run_file_is_refused_by_the_pre_flight_check(copied, tmp_path, monkeypatch, damage, problem):
+    monkeypatch.setattr(grid, "run_grid", lambda *a, **k: pytest.fail("the grid was started"))
+    damage(copied)
+    with pytest.raises(SystemExit) as err:
+        cli.main("toy", NAMESPACE, toy_load_data, tiny_build_model,
+                 ["--strategies", "entropy", "--results-dir", str(tmp_path)])
+    message = str(err.value.code)
+    assert message.startswith(f"error: {tmp_path / 'toy'} already holds runs")
+    assert "run files that cannot be resumed" in message
+    assert str(copied) in message and problem in message
 
 
-def test_truncated_result_is_refused_naming_the_file(copied):
-    result_path, _ = copied
-    result_path.write_text(result_path.read_text()[:-40])
-    with pytest.raises(plot_perf.InvalidRunFile, match="not valid JSON") as err:
-        plot_perf.read_run(result_path)
-    assert "entropy_seed0.json" in str(err.value)
+def test_hand_edited_run_outside_the_grid_is_left_alone_with_a_warning(copied, tmp_path, capsys):
+    edit(copied, lambda r: r["steps"][0].update(macro_f1=0.5))
+    tasks = [RunTask("toy", "random", 1, dict(LOOP_CONFIG), str(tmp_path), False, None)]
+    assert cli.check_results_folder(tasks, make_synthetic_dataset()) == {}
+    err = capsys.readouterr().err
+    assert f"warning: {copied}" in err and "not part of this grid: left alone" in err
 
 
-def test_result_without_its_state_file_is_refused(copied):
-    result_path, state_path = copied
-    state_path.unlink()
-    with pytest.raises(plot_perf.InvalidRunFile, match="state file .* is missing"):
-        plot_perf.read_run(result_path)
-
-
-def test_old_state_without_checksum_is_read_with_a_note(copied, tmp_path, capsys):
-    result_path, state_path = copied
-    state = json.loads(state_path.read_text())
-    state_path.write_text(json.dumps({"config_hash": state["config_hash"], "selected": state["selected"]}))
-    notes = []
-    assert plot_perf.read_run(result_path, notes)["complete"]
-    assert "not verified" in notes[0]
-    assert plot_perf.main(["--results-dir", str(tmp_path)]) == 0
-    assert "entropy_seed0.json: no checksum" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("change, problem", [
-    (lambda r: r["steps"][0].update(macro_f1="0.9"), "bad macro_f1"),
-    (lambda r: r["steps"][0].update(accuracy=1.5), "bad accuracy"),
-    (lambda r: r["steps"][2].update(n_labeled=20), "bad n_labeled"),
-    (lambda r: r["steps"][1]["labeled_class_counts"].update(N=-1), "bad labeled_class_counts"),
-    (lambda r: r["steps"][0].update(train_seconds=None), "bad train_seconds"),
-    (lambda r: r.update(seed="0"), "seed should be an int"),
-    (lambda r: r.update(complete="yes"), "complete should be a bool"),
-    (lambda r: r.update(notes="hand-made"), "unexpected keys ['notes']"),
-    (lambda r: r.pop("versions"), "missing keys ['versions']"),
-    (lambda r: r.update(complete=False), "complete is False with 4 of 4 steps"),
-])
-def test_schema_violations_are_named(copied, change, problem):
-    result_path, _ = copied
-    edit(result_path, change)
-    with pytest.raises(plot_perf.InvalidRunFile) as err:
-        plot_perf.read_run(result_path)
-    assert problem in str(err.value) and str(result_path) in str(err.value)
-
-
-def test_result_renamed_to_another_run_is_refused(copied):
-    result_path, state_path = copied
-    other = result_path.with_name("entropy_seed7.json")
-    result_path.rename(other)
-    state_path.rename(state_path.with_name(other.name))
-    with pytest.raises(plot_perf.InvalidRunFile, match="belongs in entropy_seed0.json"):
-        plot_perf.read_run(other)
+# What read_run refuses and why (schema, truncation, renames, old format): test_runs.py.
 
 
 def test_edited_run_is_skipped_by_plot_perf_with_its_name(copied, tmp_path, capsys):
-    result_path, _ = copied
-    edit(result_path, lambda r: r["steps"][0].update(macro_f1=0.5))
+    import plot_perf  # reworked alongside; only this test depends on it
+    edit(copied, lambda r: r["steps"][0].update(macro_f1=0.5))
+    with pytest.raises(plot_perf.InvalidRunFile, match="modified or truncated"):
+        plot_perf.read_run(copied)
+    (copied.parent / "random_seed0.json").unlink()
     assert plot_perf.main(["--results-dir", str(tmp_path)]) == 1  # the only run: nothing left
-    err = capsys.readouterr().err
-    assert "skipped invalid run file" in err and "entropy_seed0.json" in err
+    assert "entropy_seed0.json" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- local backend
-def load_killing_once(config, data_dir):
-    """Kills its worker process the first time it is called (marker file in ``data_dir``)."""
-    marker = Path(data_dir) / "killed_once"
-    if not marker.exists():
-        marker.write_text(str(os.getpid()))
-        os.kill(os.getpid(), signal.SIGKILL)
-    return make_synthetic_dataset()
-
-
-def toy_tasks(results_dir, data_dir, strategies=("random", "entropy"), seeds=(0,), n_steps=1):
+def toy_tasks(results_dir, data_dir=None, strategies=STRATEGIES, n_steps=LOOP_CONFIG["n_steps"]):
     config = {**LOOP_CONFIG, "n_steps": n_steps}
-    return [experiment.RunTask("toy", s, seed, config, str(results_dir), False, str(data_dir))
-            for seed in seeds for s in strategies]
+    return [RunTask("toy", s, 0, config, str(results_dir), False, None if data_dir is None else str(data_dir))
+            for s in strategies]
+
+
+_BUILDS: list[int] = []  # models built in this (worker) process
+
+
+def build_killing_once(config, input_shape, n_classes):
+    """Kill this worker (SIGKILL) at its second model, once per test, after the other run ended.
+
+    The second model is step 1's, built after the step's selection: the run file holds step
+    0. The first worker to get there kills itself, but only once the other worker's run is
+    complete (and its result back in the driver), so exactly one run is interrupted and
+    resubmitted. Its run file at the kill is kept as ``at_the_kill.json``.
+    """
+    _BUILDS.append(1)
+    marks = Path(os.environ["AL_TEST_KILL_DIR"])
+    if len(_BUILDS) == 2:
+        try:
+            fd = os.open(marks / "killed_once", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pass
+        else:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            folder = marks / "results" / "toy"
+            deadline = time.time() + 120
+            while time.time() < deadline and not any(
+                    json.loads(p.read_text()).get("complete") for p in runs.run_files(folder)):
+                time.sleep(0.05)
+            time.sleep(1.0)  # the finished run's result travels back to the driver
+            for path in runs.run_files(folder):
+                if not json.loads(path.read_text())["complete"]:  # this worker's run
+                    shutil.copy(path, marks / "at_the_kill.json")
+                    # What a writer killed inside write_bytes_atomic leaves; the resumed run removes it.
+                    (path.parent / f".{path.name}.dead1234.tmp").write_text('{"steps": [')
+            os.kill(os.getpid(), signal.SIGKILL)
+    return tiny_build_model(config, input_shape, n_classes)
 
 
 @pytest.mark.slow
-def test_local_backend_resubmits_the_runs_of_a_lost_worker(tmp_path):
-    tasks = toy_tasks(tmp_path / "results", tmp_path)
-    outcome = runner.run_grid(tasks, load_killing_once, tiny_build_model, backend="local", jobs=2,
-                              threads=1, max_retries=2)
-    assert (tmp_path / "killed_once").exists()
+def test_local_backend_resumes_the_run_of_a_worker_killed_mid_run(uninterrupted, tmp_path, monkeypatch):
+    monkeypatch.setenv("AL_TEST_KILL_DIR", str(tmp_path))  # inherited by the spawned workers
+    tasks = toy_tasks(tmp_path / "results", n_steps=1)
+    outcome = grid.run_grid(tasks, toy_load_data, build_killing_once, backend="local", jobs=2, max_retries=2)
+    assert int((tmp_path / "killed_once").read_text()) != os.getpid()
     assert outcome.failures == {} and outcome.worker_losses == 1
-    assert [r["complete"] for r in outcome.results] == [True, True]
-    for task, result in zip(tasks, outcome.results):
-        assert result == read_run(tmp_path / "results", task.strategy)[0]
-    assert tmp_files(tmp_path) == []
+    at_the_kill = json.loads((tmp_path / "at_the_kill.json").read_text())
+    assert len(at_the_kill["steps"]) == 1 and not at_the_kill["complete"]
+    resumed = []
+    for t, result in zip(tasks, outcome.results, strict=True):
+        assert result == read(tmp_path / "results", t.strategy) and result["complete"]
+        # Steps 0 and 1 do not depend on n_steps: the uninterrupted 3-step run's first two.
+        reference = read(uninterrupted, t.strategy)
+        assert strip_timing(result["steps"]) == strip_timing(reference["steps"][:2])
+        assert [s["selected"] for s in result["steps"]] == [s["selected"] for s in reference["steps"][:2]]
+        if result["provenance"]["resumed"]:
+            resumed.append(t.strategy)
+            assert t.strategy == at_the_kill["strategy"]
+            assert result["steps"][:1] == at_the_kill["steps"], "the step on disk is kept, not recomputed"
+            assert result["provenance"]["resumed"] == [
+                {"step": 1, "git_commit": runs.git_commit(), "cpu_model": runs.cpu_model()}]
+            assert {**result["provenance"], "resumed": []} == {**reference["provenance"], "resumed": []}
+    assert resumed == [at_the_kill["strategy"]], "exactly the killed run resumed from its file"
+    assert tmp_files(tmp_path) == [], "the resumed run removed the killed writer's temporary file"
 
 
 def load_always_killing(config, data_dir):
@@ -275,21 +224,22 @@ def load_always_killing(config, data_dir):
 
 @pytest.mark.slow
 def test_local_backend_gives_up_after_its_retries(tmp_path):
-    tasks = toy_tasks(tmp_path / "results", tmp_path)  # two runs: two worker processes
-    outcome = runner.run_grid(tasks, load_always_killing, tiny_build_model, backend="local", jobs=2,
-                              threads=1, max_retries=1)
+    tasks = toy_tasks(tmp_path / "results")  # two runs: two worker processes
+    outcome = grid.run_grid(tasks, load_always_killing, tiny_build_model, backend="local", jobs=2,
+                            max_retries=1)
     assert outcome.worker_losses == 2 and "died 2 times" in outcome.failures[0]
     assert outcome.results == [None, None]
-    assert "FAILED toy random seed 0" in "\n".join(runner.summary_lines(tasks, outcome, 1.0))
+    assert "FAILED toy random seed 0" in "\n".join(grid.summary_lines(tasks, outcome, 1.0))
 
 
 # --------------------------------------------------------------------------- killed driver
 KILLED_DRIVER = """
 import sys
 sys.path[:0] = [{code!r}, {tests!r}]
-import experiment, runner, test_fault_tolerance as t
-tasks = t.toy_tasks({results!r}, {marks!r}, strategies=("random", "entropy"))
-runner.run_grid(tasks, t.load_sleeping, t.tiny_build_model, backend="local", jobs=2, threads=1)
+from al import grid
+import test_fault_tolerance as t
+tasks = t.toy_tasks({results!r}, {marks!r})
+grid.run_grid(tasks, t.load_sleeping, t.tiny_build_model, backend="local", jobs=2)
 """
 
 
