@@ -36,7 +36,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from al import runs
 from al.data_common import Dataset
-from al.keras_ops import PREDICT_BATCH_SIZE, predict_proba
+from al.keras_ops import PREDICT_BATCH_SIZE, configured_threads, predict_proba
 from al.strategies import MCDropoutStrategy, get_strategy
 
 LOOP_KEYS = ("start_size", "batch_size", "n_steps", "epochs", "fit_batch_size",
@@ -315,6 +315,9 @@ def run_active_learning(*, dataset: str, data: Dataset, build_model: Callable, c
     previous = None if fresh else load_previous(path, config, data, query)
     if previous and previous["complete"]:
         return previous
+    if configured_threads() not in (None, config["threads"]):
+        raise ValueError(f"this process runs TensorFlow with {configured_threads()} thread(s) but the run's "
+                         f"config asks for {config['threads']}; run it in a process of its own (al.grid does).")
     run = previous or new_run(dataset, query, seed, config, data)
     if previous:
         here = {"step": len(run["steps"]), "git_commit": runs.git_commit(), "cpu_model": runs.cpu_model()}
