@@ -60,7 +60,7 @@ from typing import Callable
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
-from al import bench, cli, runs
+from al import bench, cli, models, runs
 from al.bench import DATASETS, LABEL_SEED
 from al.data_common import Dataset, resolve_repo_path
 from al.loop import evaluate, select_next, train_fresh_model
@@ -75,23 +75,8 @@ TINY = {"labeled": 64, "pool": 160, "test": 64}  # the untimed warm-up step of e
 
 # --------------------------------------------------------------------------- reference models
 def build_reference_ecg_net(input_shape, n_classes):
-    """The published MIT-BIH 1D CNN: four Conv1D pairs, two dense layers of 64; Adam 1e-3."""
-    import keras
-    from keras import layers
-
-    model = keras.Sequential([keras.Input(shape=input_shape)])
-    blocks = [(16, 5), (32, 3), (32, 3), (256, 3)]
-    for i, (filters, kernel) in enumerate(blocks):
-        model.add(layers.Conv1D(filters, kernel, activation="relu"))
-        model.add(layers.Conv1D(filters, kernel, activation="relu"))
-        last = i == len(blocks) - 1
-        model.add(layers.GlobalMaxPooling1D() if last else layers.MaxPooling1D(2))
-        model.add(layers.Dropout(0.2 if last else 0.1))
-    model.add(layers.Dense(64, activation="relu"))
-    model.add(layers.Dense(64, activation="relu"))
-    model.add(layers.Dense(n_classes, activation="softmax"))
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
-    return model
+    """The published MIT-BIH 1D CNN (:func:`al.models.published_ecg_cnn`); Adam 1e-3."""
+    return models.published_ecg_cnn({"learning_rate": 1e-3}, input_shape, n_classes)
 
 
 def build_reference_mnist_cnn(input_shape, n_classes):
@@ -225,19 +210,6 @@ def project_protocol_seconds(step_seconds: dict[int, dict[str, float]], start_si
 
 
 # --------------------------------------------------------------------------- protocol records
-def read_grid_log(path: Path) -> list[dict]:
-    """The JSON lines of a grid log; unreadable lines (an interrupted append) are skipped."""
-    if not path.is_file():
-        return []
-    lines = []
-    for text in path.read_text().splitlines():
-        try:
-            lines.append(json.loads(text))
-        except json.JSONDecodeError:
-            continue
-    return lines
-
-
 def is_protocol_grid(line: dict, config: dict, n_seeds: int, strategies: list[str],
                      cpu_cores: int | None) -> bool:
     """True if a grid-log line ran the default protocol: its seeds, strategies and config.
@@ -287,7 +259,7 @@ def latest_protocol_run(results_dir: Path, dataset: str, config: dict, n_seeds: 
                         strategies: list[str], cpu_cores: int | None) -> dict | None:
     """The latest complete default-protocol grid of ``dataset`` in its grid log, or None."""
     path = Path(results_dir) / dataset / "grid_log.jsonl"
-    lines = [line for line in read_grid_log(path)
+    lines = [line for line in runs.read_jsonl(path)
              if is_protocol_grid(line, config, n_seeds, strategies, cpu_cores)
              and computed_every_step(line, results_dir, dataset)]
     return max(lines, key=lambda line: line["started_at"], default=None)

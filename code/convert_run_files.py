@@ -55,18 +55,6 @@ def old_checksum_status(text: str, result: dict, state: dict) -> str:
     raise ConversionError("content does not match the sha256 in its state file (modified after the run)")
 
 
-def read_grid_log(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    lines = []
-    for text in path.read_text().splitlines():
-        try:
-            lines.append(json.loads(text))
-        except json.JSONDecodeError:
-            continue
-    return lines
-
-
 def grid_threads(line: dict) -> int | None:
     """TensorFlow threads the old runner gave each worker of a logged local grid."""
     backend = line.get("backend", "local") or "local"
@@ -126,7 +114,7 @@ def convert_folder(folder: Path) -> tuple[int, list[str]]:
     """Convert every pair in ``folder``; returns (files converted, problems)."""
     state_dir = folder / "state"
     log_path = state_dir / "grid_log.jsonl"
-    log = read_grid_log(log_path)
+    log = runs.read_jsonl(log_path)
     converted, problems = 0, []
     for result_path in sorted(folder.glob("*_seed*.json")):
         state_path = state_dir / result_path.name

@@ -219,7 +219,7 @@ def test_grid_log_of_another_thread_count_is_not_the_protocol(tmp_path):
 
 
 def test_missing_grid_log_gives_none(tmp_path):
-    assert benchmark.read_grid_log(tmp_path / "nothing.jsonl") == []
+    assert runs.read_jsonl(tmp_path / "nothing.jsonl") == []
     assert latest(tmp_path) is None
 
 

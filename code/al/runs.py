@@ -104,6 +104,20 @@ def append_line_atomic(path: Path, line: str) -> None:
     write_text_atomic(path, old + line.rstrip("\n") + "\n")
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON lines of a log such as ``grid_log.jsonl``; unreadable lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = []
+    for text in path.read_text().splitlines():
+        try:
+            lines.append(json.loads(text))
+        except json.JSONDecodeError:
+            continue
+    return lines
+
+
 def remove_stale_tmp(path: Path) -> list[Path]:
     """Delete the temporary files (``.<name>.*.tmp``) a killed writer of ``path`` left behind.
 
