@@ -26,7 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
-from al import cli, keras_ops, runs
+from al import cli, keras_ops, loop, runs
 from al.data_common import resolve_repo_path
 
 DATASETS = ("mnist", "mitbih")  # the dataset scripts code/<name>.py the benchmarks know
@@ -59,8 +59,8 @@ def protocol_of(script) -> dict:
 
 
 def final_budget(protocol: dict) -> int:
-    """Labels at the end of a protocol run: ``start_size + n_steps * batch_size``."""
-    return protocol["start_size"] + protocol["n_steps"] * protocol["batch_size"]
+    """Labels at the end of a protocol run (:func:`al.loop.final_budget`)."""
+    return loop.final_budget(protocol)
 
 
 # --------------------------------------------------------------------------- worker processes

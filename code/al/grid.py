@@ -131,10 +131,9 @@ def run_task(task: RunTask, load_data: Callable, build_model: Callable, progress
 def skip_finalization_at_exit() -> None:
     """Make this worker process end with ``os._exit(0)`` as soon as it starts shutting down.
 
-    A spawned worker that has run TensorFlow can hang at shutdown: after a full MIT-BIH grid
-    both workers sat about 70 s in native code, with every result already written, and had to
-    be killed. Where exactly was not captured; this skips the atexit handlers registered before
-    it and the interpreter's and C++ teardown, not multiprocessing's own finalizers nor the join
+    A spawned worker that has run TensorFlow can hang at shutdown in native code, with every
+    result already written (seen once; README "Speed"). This skips the atexit handlers
+    registered before it and the interpreter's and C++ teardown, not multiprocessing's own finalizers nor the join
     of non-daemon threads, which run earlier. Nothing is left to do at that point:
     result files are written atomically during the run, and ``Process._bootstrap`` has
     flushed multiprocessing's queues (``util._exit_function``) before ``atexit`` handlers
