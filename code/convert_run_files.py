@@ -10,6 +10,8 @@ this script
 * verifies the old checksum: a result that does not match it is **not** converted (the
   script names it and exits non-zero); a state written before checksums existed is
   converted and marked ``"checksum_before_conversion": "none"`` (plot_perf counts these);
+  "verified", or "previous" (the old writer was killed between its two writes: the result
+  is the one before the state's last selection), otherwise;
 * moves each step's selections into its step record (``selected``);
 * records what the old files did not: ``format``, the ``provenance`` block with the data's
   origin and hash set to None (not recorded), and the TensorFlow thread count, inferred
@@ -18,8 +20,11 @@ this script
   set them). Where that is not certain (a step outside every logged grid, or steps with
   different counts), ``config["threads"]`` is None and the reason is written in
   ``converted.threads_source``; such keys are listed in ``converted.unrecorded_keys``;
-* writes the run file atomically with its digest, then deletes the state file; the grid
-  log moves to ``<dataset>/grid_log.jsonl`` and the empty ``state/`` folder is removed.
+* checks the new run file against the schema, writes it atomically with its digest, reads
+  it back, then deletes the state file (a result already in the new format with a state
+  file left beside it, from an interrupted conversion, only loses the state file); the grid
+  log moves to ``<dataset>/grid_log.jsonl``, its lines get the thread count their workers
+  ran with, and the empty ``state/`` folder is removed.
 
 Metrics, selections and configs are copied unchanged, so summaries regenerated from the
 converted files are the same. Converting a folder twice does nothing the second time.
@@ -102,12 +107,27 @@ def convert_pair(result_path: Path, state_path: Path, log: list[dict]) -> dict:
                        "cpu_model": None, "threads": threads, "settings": None, "resumed": []},
         "complete": result["complete"], "steps": steps,
         "converted": {"from": "format 1 (result + state/ selections)",
-                      "checksum_before_conversion": "none" if status == "none" else "verified",
+                      "checksum_before_conversion": status,
                       "threads_source": source,
                       "unrecorded_keys": ["threads"] if threads is None else [],
                       "converted_by_commit": runs.git_commit()},
         "sha256": "",
     }
+
+
+def upgrade_grid_log(path: Path) -> None:
+    """Give old grid-log lines the thread count their workers ran with (top level and config).
+
+    The benchmark compares a line's config with the script's, which now holds ``threads``.
+    """
+    lines = runs.read_jsonl(path)
+    if not lines or all("threads" in line for line in lines):
+        return
+    for line in lines:
+        if "threads" not in line:
+            line["threads"] = grid_threads(line)
+            line["config"] = {**line["config"], "threads": line["threads"]}
+    runs.write_text_atomic(path, "".join(json.dumps(line) + "\n" for line in lines))
 
 
 def convert_folder(folder: Path) -> tuple[int, list[str]]:
@@ -120,8 +140,15 @@ def convert_folder(folder: Path) -> tuple[int, list[str]]:
         state_path = state_dir / result_path.name
         if not state_path.exists():
             continue  # already converted (or never had a state file: left for read_run to refuse)
+        if json.loads(result_path.read_text()).get("format") == runs.FORMAT:
+            state_path.unlink()  # converted by an interrupted earlier call: only the state was left
+            continue
         try:
             run = convert_pair(result_path, state_path, log)
+            run["sha256"] = runs.content_digest(run)
+            invalid = runs.schema_problems(run)
+            if invalid:  # checked before the old result is replaced
+                raise ConversionError("; ".join(invalid))
         except (ConversionError, json.JSONDecodeError, KeyError, TypeError) as err:
             problems.append(f"{result_path}: not converted ({err})")
             continue
@@ -134,6 +161,7 @@ def convert_folder(folder: Path) -> tuple[int, list[str]]:
         old = target.read_text() if target.exists() else ""
         runs.write_text_atomic(target, log_path.read_text() + old)
         log_path.unlink()
+    upgrade_grid_log(folder / "grid_log.jsonl")
     if state_dir.is_dir() and not any(state_dir.iterdir()):
         state_dir.rmdir()
     return converted, problems
@@ -144,7 +172,8 @@ def main(argv=None) -> int:
     parser.add_argument("folders", nargs="*", help="result folders (default: every results/**/state/ parent)")
     args = parser.parse_args(argv)
     folders = ([resolve_repo_path(f) for f in args.folders] if args.folders
-               else sorted(p.parent for p in (REPO_ROOT / "results").rglob("state") if p.is_dir()))
+               else sorted({p.parent for p in (REPO_ROOT / "results").rglob("state") if p.is_dir()}
+                           | {p.parent for p in (REPO_ROOT / "results").rglob("grid_log.jsonl")}))
     failed = False
     for folder in folders:
         n, problems = convert_folder(folder)

@@ -47,23 +47,31 @@ DEV_SIZE = {"mnist": 5000, "mitbih": 10000}
 ECG_AUGMENT = {"augment": 1, "augment_shift": 5, "augment_scale": 0.1, "augment_wander": 0.05,
                "augment_noise": 0.01}
 DIGIT_AUGMENT = {"augment": 1, "augment_shift": 0.08, "augment_rotation": 10.0}
+STEM_POOL2_WIDE = {"stem_pool": 2, "conv_filters": [32, 64, 64, 128]}
+RESNET = {"architecture": "ecg_resnet", "res_filters": 32, "res_blocks": 5}
+ONECYCLE_1000 = {"train_steps": 1000, "lr_schedule": "onecycle", "learning_rate": 3e-3}
 CANDIDATES = {
     "mitbih": {
         "default": {},
         "epochs40": {"epochs": 40},
         "steps1000": {"train_steps": 1000},
-        "steps1000_onecycle": {"train_steps": 1000, "lr_schedule": "onecycle", "learning_rate": 3e-3},
+        "steps1000_onecycle": ONECYCLE_1000,
         "cosine": {"lr_schedule": "cosine"},
         "adamw": {"optimizer": "adamw", "weight_decay": 1e-3},
         "label_smoothing": {"label_smoothing": 0.1},
         "class_weight_sqrt": {"class_weight": "sqrt"},
         "augment": ECG_AUGMENT,
         "last_block_256": {"conv_filters": [16, 32, 32, 256]},
-        "stem_pool2_wide": {"stem_pool": 2, "conv_filters": [32, 64, 64, 128]},
+        "stem_pool2_wide": STEM_POOL2_WIDE,
         "bn_momentum_0.99": {"bn_momentum": 0.99},
         "no_batchnorm": {"batch_norm": 0},
         "published_net": {"architecture": "published_ecg_cnn", "epochs": 45, "fit_batch_size": 32},
-        "resnet_kachuee": {"architecture": "ecg_resnet", "res_filters": 32, "res_blocks": 5},
+        "resnet_kachuee": RESNET,
+        # second round: the single changes that paid, combined
+        "pool2wide_steps1000_onecycle": {**STEM_POOL2_WIDE, **ONECYCLE_1000},
+        "resnet_steps1000_onecycle": {**RESNET, **ONECYCLE_1000},
+        "resnet_steps1000_onecycle_augment": {**RESNET, **ONECYCLE_1000, **ECG_AUGMENT},
+        "resnet_epochs40": {**RESNET, "epochs": 40},
     },
     "mnist": {
         "default": {},
@@ -75,6 +83,11 @@ CANDIDATES = {
         "label_smoothing": {"label_smoothing": 0.1},
         "augment": DIGIT_AUGMENT,
         "augment_epochs40": {**DIGIT_AUGMENT, "epochs": 40},
+        # second round: the single changes that paid, combined
+        "augment_smoothing": {**DIGIT_AUGMENT, "label_smoothing": 0.1},
+        "augment_smoothing_epochs40": {**DIGIT_AUGMENT, "label_smoothing": 0.1, "epochs": 40},
+        "augment_smoothing_onecycle": {**DIGIT_AUGMENT, "label_smoothing": 0.1, "lr_schedule": "onecycle",
+                                       "learning_rate": 3e-3},
     },
 }
 ARCHITECTURE_OF = {"mnist": "mnist_cnn", "mitbih": "ecg_cnn"}

@@ -316,10 +316,47 @@ def test_only_the_runs_not_complete_go_to_the_grid(folder_with_one_run, grid_cal
     assert log["n_runs"] == 1 and log["runs_already_complete"] == 1
 
 
+def make_unfinished(path):
+    """The complete one-step run as the first step of a run of two steps (n_steps 1)."""
+    run = runs.read_run(path)
+    run["config"]["n_steps"], run["complete"] = 1, False
+    runs.save_run(path, run)
+
+
 def test_resuming_with_another_thread_count_is_refused(folder_with_one_run, no_grid):
-    message = main_error(ONE_RUN + ["--threads", "2", "--results-dir", str(folder_with_one_run)])
+    make_unfinished(folder_with_one_run / "toy" / "random_seed0.json")
+    argv = ["--jobs", "1", "--strategies", "random", "--n-steps", "1"]
+    message = main_error(argv + ["--threads", "2", "--results-dir", str(folder_with_one_run)])
     assert str(folder_with_one_run / "toy" / "random_seed0.json") in message
     assert "threads: 1 on disk vs 2 now" in message
+
+
+def test_a_complete_run_of_the_grid_with_another_thread_count_is_read_with_a_note(folder_with_one_run,
+                                                                                    no_grid, capsys):
+    results = cli.main("toy", NAMESPACE, toy_load_data, tiny_build_model,
+                       ONE_RUN + ["--threads", "2", "--results-dir", str(folder_with_one_run)])
+    assert results == [runs.read_run(folder_with_one_run / "toy" / "random_seed0.json")]
+    captured = capsys.readouterr()
+    assert "1 of 1 runs already complete" in captured.out
+    assert "random_seed0.json (threads: 1 on disk vs 2 now)" in captured.err
+
+
+def test_the_pre_flight_check_refuses_other_numeric_settings(folder_with_one_run, no_grid):
+    path = folder_with_one_run / "toy" / "random_seed0.json"
+    run = runs.read_run(path)
+    run["provenance"]["settings"]["predict_batch_size"] = 17
+    runs.save_run(path, run)
+    message = main_error(ONE_RUN + ["--results-dir", str(folder_with_one_run)])
+    assert str(path) in message and "settings" in message and "17" in message
+
+
+def test_default_jobs_leave_a_core_per_thread(monkeypatch):
+    monkeypatch.setattr(cli, "gpu_available", lambda: False)
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 8)
+    assert cli.default_jobs(100) == 8
+    assert cli.default_jobs(100, threads=2) == 4
+    assert cli.default_jobs(3, threads=2) == 3
+    assert cli.default_jobs(100, threads=16) == 1
 
 
 def test_a_run_outside_the_grid_with_another_thread_count_only_gets_a_note(folder_with_one_run, monkeypatch,

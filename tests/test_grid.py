@@ -40,6 +40,7 @@ def test_tasks_ask_for_a_gpu_when_the_cluster_has_one_else_a_cpu():
     assert grid.ray_task_options({"CPU": 8.0, "GPU": 2.0}) == {"num_gpus": 1}
     assert grid.ray_task_options({"CPU": 8.0}) == {"num_cpus": 1}
     assert grid.ray_task_options({"CPU": 8.0, "GPU": 0.0}) == {"num_cpus": 1}
+    assert grid.ray_task_options({"CPU": 8.0}, threads=4) == {"num_cpus": 4}
 
 
 def test_workers_get_the_repository_modules_on_their_path(monkeypatch):
@@ -267,12 +268,15 @@ def test_conv_grid_results_are_the_run_files_and_every_step_is_reported(conv_gri
     for jobs, results in ((1, conv_grids.one.results), (2, conv_grids.two["results"])):
         for t, result in zip(tasks, results, strict=True):
             assert result == conv_run(conv_grids, jobs, t.strategy, t.seed)
-    for lines in (conv_grids.lines, conv_grids.stdout.splitlines()):
-        assert sum(" step " in line and "macro-F1" in line for line in lines) == \
-            len(tasks) * (CONV_CONFIG["n_steps"] + 1)
-        for t in tasks:
-            for step in range(CONV_CONFIG["n_steps"] + 1):
-                assert sum(f"{t.strategy:>8} seed {t.seed} step {step:2d}" in line for line in lines) == 1
+    lines = conv_grids.lines  # every step reaches the driver (the bar counts them)
+    assert sum(" step " in line and "macro-F1" in line for line in lines) == \
+        len(tasks) * (CONV_CONFIG["n_steps"] + 1)
+    for t in tasks:
+        for step in range(CONV_CONFIG["n_steps"] + 1):
+            assert sum(f"{t.strategy:>8} seed {t.seed} step {step:2d}" in line for line in lines) == 1
+    printed = [line for line in conv_grids.stdout.splitlines() if " step " in line and "macro-F1" in line]
+    assert len(printed) == len(tasks)  # one line per run: its last step
+    assert all(line.endswith(grid.RUN_COMPLETE) and f"step {CONV_CONFIG['n_steps']:2d}" in line for line in printed)
 
 
 @pytest.mark.slow

@@ -40,8 +40,8 @@ from al import runs
 from al.data_common import REPO_ROOT, DataCorruptError, DataNotFoundError, Dataset, resolve_repo_path
 from al.grid import RunTask
 from al.keras_ops import gpu_available
-from al.loop import check_config
-from al.strategies import STRATEGIES
+from al.loop import check_config, run_differences
+from al.strategies import STRATEGIES, get_strategy
 
 GRID_KEYS = ("n_seeds", "strategies")
 QUICK = {"n_seeds": 2, "n_steps": 2, "epochs": 2}  # --quick: a smoke run in a few minutes
@@ -103,6 +103,8 @@ def build_parser(dataset: str, defaults: dict, doc: str | None) -> argparse.Argu
                           "(default: start a local Ray instance with --jobs CPUs)")
     run.add_argument("--retries", type=int, default=2,
                      help="times a run is resubmitted after its worker process died")
+    run.add_argument("--verbose", action="store_true",
+                     help="print a line per finished step (default: one line per finished run)")
     run.add_argument("--quick", action="store_true",
                      help=f"smoke run: overrides {QUICK} and writes to results/quick")
     return parser
@@ -142,10 +144,11 @@ def option_names(message: str) -> str:
 
 
 # --------------------------------------------------------------------------- pre-flight
-def default_jobs(n_tasks: int) -> int:
+def default_jobs(n_tasks: int, threads: int = DEFAULT_THREADS) -> int:
+    """Parallel runs by default: one per ``threads`` cores (1 with a GPU), at most one per task."""
     if gpu_available():
         return 1
-    return max(1, min(os.cpu_count() or 1, n_tasks))
+    return max(1, min((os.cpu_count() or 1) // max(1, threads), n_tasks))
 
 
 def load_and_check_data(task: RunTask, load_data: Callable) -> Dataset:
@@ -170,13 +173,14 @@ def load_and_check_data(task: RunTask, load_data: Callable) -> Dataset:
 def check_results_folder(tasks: list[RunTask], data: Dataset) -> dict[str, dict]:
     """Refuse a results folder holding runs of another config or data, or modified files.
 
-    Reads every run file in ``<results>/<dataset>/`` with :func:`al.runs.read_run`: one
-    written with other hyperparameters or on other data would be mixed into the same plots
-    (or stop its worker), and one that fails its digest cannot be resumed. ``--fresh``
-    overwrites the grid's own runs, never the others. Two differences only warn, for runs
-    outside this grid: another thread count (same protocol, numbers not bit-comparable) and
-    keys a converted old run did not record. Returns the grid's readable runs by file name
-    (none with ``--fresh``).
+    Reads every run file in ``<results>/<dataset>/`` with :func:`al.runs.read_run` and
+    compares it with :func:`al.loop.run_differences`, the comparison resume uses: one written
+    with other hyperparameters, other numeric settings or on other data would be mixed into
+    the same plots (or stop its worker), and one that fails its digest cannot be resumed.
+    Runs that are only read (complete runs of this grid, and runs outside it) may differ in
+    their thread count, or not have recorded it (converted runs): a note says so. ``--fresh``
+    overwrites the grid's own runs, never the others. Returns the grid's readable runs by
+    file name (none with ``--fresh``).
     """
     folder = Path(tasks[0].results_dir) / tasks[0].dataset
     config, fresh = tasks[0].config, tasks[0].fresh
@@ -185,37 +189,44 @@ def check_results_folder(tasks: list[RunTask], data: Dataset) -> dict[str, dict]
     other_config, modified, found, notes, unrecorded_data = [], [], {}, [], 0
     for path in runs.run_files(folder):
         overwritten = fresh and path.name in in_grid
+        if overwritten:
+            continue
         try:
             run = runs.read_run(path)
         except runs.RunFileError as err:
-            if path.name in in_grid and not overwritten:
+            if path.name in in_grid:
                 modified.append(f"  {err}")
-            elif not overwritten:
+            else:
                 print(f"warning: {err} (not part of this grid: left alone)", file=sys.stderr)
             continue
-        keys = runs.differing_keys(run["config"], config)
-        soft = set() if path.name in in_grid else {"threads", *run.get("converted", {}).get("unrecorded_keys", [])}
-        hard = runs.config_differences(run["config"], config, [k for k in keys if k not in soft])
-        data_diff = runs.data_difference(run, provenance)
-        unrecorded_data += run["provenance"]["data"].get("sha256") is None
-        if (hard or data_diff) and not overwritten:
-            other_config.append(f"  {path}: {'; '.join(hard + ([data_diff] if data_diff else []))}")
+        try:
+            strategy = get_strategy(run["strategy"])
+        except ValueError as err:
+            other_config.append(f"  {path}: {err}")
             continue
-        if keys and not overwritten:
-            notes.append(f"{path.name} ({'; '.join(runs.config_differences(run['config'], config, keys))})")
-        if path.name in in_grid and not fresh:
+        lenient = path.name not in in_grid or run["complete"]
+        problems, soft = run_differences(run, config, provenance, strategy, lenient=lenient)
+        unrecorded_data += run["provenance"]["data"].get("sha256") is None
+        if problems:
+            other_config.append(f"  {path}: {'; '.join(problems)}")
+            continue
+        if soft:
+            notes.append(f"{path.name} ({'; '.join(soft)})")
+        if path.name in in_grid:
             found[path.name] = run
     if notes:
-        print(f"note: {len(notes)} run(s) in {folder} outside this grid differ in their thread count or did "
-              f"not record it; their numbers are not bit-comparable with this grid's: "
-              f"{', '.join(notes[:3])}{' ...' if len(notes) > 3 else ''}", file=sys.stderr)
+        print(f"note: {len(notes)} run(s) in {folder} were made with another thread count or did not record "
+              f"it (converted); they are read as they are, paired by seed but not bit-comparable with "
+              f"{config['threads']}-thread runs: {', '.join(notes[:3])}{' ...' if len(notes) > 3 else ''}",
+              file=sys.stderr)
     if unrecorded_data:
         print(f"note: {unrecorded_data} run file(s) in {folder} were converted from the old format and do "
               "not record their data; they are not checked against it", file=sys.stderr)
     if other_config or modified:
         text = [f"error: {folder} already holds runs that this grid cannot use:"]
         if other_config:
-            text += ["runs of another config or other data (key: on disk vs now):", *other_config]
+            text += ["runs of another config, other settings or other data (key: on disk vs now):",
+                     *other_config]
         if modified:
             text += ["run files that cannot be resumed:", *modified]
         text.append("Choose another --results-dir for this config, or move those files away"
@@ -267,7 +278,7 @@ def main(dataset: str | Callable[[dict], str], namespace: dict, load_data: Calla
     steps_done = sum(len(found[f"{t.strategy}_seed{t.seed}.json"]["steps"]) for t in todo
                      if f"{t.strategy}_seed{t.seed}.json" in found)
     if args.backend == "local":
-        jobs = args.jobs or default_jobs(len(todo))
+        jobs = args.jobs or default_jobs(len(todo), config["threads"])
         where = f"{min(jobs, len(todo))} in parallel"
     else:
         jobs = args.jobs or (os.cpu_count() or 1)
@@ -278,7 +289,7 @@ def main(dataset: str | Callable[[dict], str], namespace: dict, load_data: Calla
     started = time.time()
     outcome = grid_backend.run_grid(
         todo, load_data, build_model, backend=args.backend, jobs=jobs, address=args.address,
-        max_retries=args.retries, steps_done=steps_done, data=data)
+        max_retries=args.retries, steps_done=steps_done, data=data, verbose=args.verbose)
     wall = time.time() - started
     for line in grid_backend.summary_lines(todo, outcome, wall):
         print(line)

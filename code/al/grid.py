@@ -104,12 +104,16 @@ def worker_data(task: RunTask, load_data: Callable) -> Dataset:
     return _WORKER_DATA[key]
 
 
+RUN_COMPLETE = "[run complete]"
+
+
 def step_line(task: RunTask, record: dict) -> str:
-    """The progress line of one finished step."""
+    """The progress line of one finished step; the last step of a run ends in ``RUN_COMPLETE``."""
     t = record
-    return (f"{task.dataset} {task.strategy:>8} seed {task.seed} step {t['step']:2d}  labels "
+    line = (f"{task.dataset} {task.strategy:>8} seed {task.seed} step {t['step']:2d}  labels "
             f"{t['n_labeled']:5d}  macro-F1 {t['macro_f1']:.4f}  acc {t['accuracy']:.4f}  (train "
             f"{t['train_seconds']:.1f}s, score {t['score_seconds']:.1f}s, eval {t['eval_seconds']:.1f}s)")
+    return line + ("  " + RUN_COMPLETE if t["step"] == task.config["n_steps"] else "")
 
 
 def run_task(task: RunTask, load_data: Callable, build_model: Callable, progress,
@@ -189,14 +193,19 @@ def exit_with_parent(parent_pid: int) -> None:
 
 # --------------------------------------------------------------------------- the driver
 class Progress:
-    """A tqdm bar over steps, fed with one line per finished step from any backend."""
+    """A tqdm bar over steps, fed with one line per finished step from any backend.
 
-    def __init__(self, total: int, initial: int, desc: str):
+    Prints the line of a run's last step (one line per run); with ``verbose``, every step's.
+    """
+
+    def __init__(self, total: int, initial: int, desc: str, verbose: bool = False):
         from tqdm import tqdm
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+        self.verbose = verbose
 
     def line(self, text: str) -> None:
-        self.bar.write(text)
+        if self.verbose or text.endswith(RUN_COMPLETE):
+            self.bar.write(text)
         self.bar.update(1)
 
     def note(self, text: str) -> None:
@@ -208,18 +217,19 @@ class Progress:
 
 def run_grid(tasks: list, load_data: Callable, build_model: Callable, *, backend: str = "local",
              jobs: int = 1, address: str | None = None, max_retries: int = DEFAULT_RETRIES,
-             steps_done: int = 0, data: Dataset | None = None) -> GridOutcome:
+             steps_done: int = 0, data: Dataset | None = None, verbose: bool = False) -> GridOutcome:
     """Run every task on ``backend`` and return the outcome (never raises for a failed task).
 
     ``steps_done``: steps already on disk, where the bar starts. ``data``: the dataset the
     driver loaded, used when the tasks run in this process (local backend, ``jobs == 1``).
+    ``verbose``: print a line per step instead of one per run.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
     if backend == "local" and address:
         raise ValueError("--address only applies to --backend ray")
     total = sum(t.config["n_steps"] + 1 for t in tasks)
-    progress = Progress(total, min(steps_done, total), f"{tasks[0].dataset} steps")
+    progress = Progress(total, min(steps_done, total), f"{tasks[0].dataset} steps", verbose)
     try:
         if backend == "local":
             return _run_local(tasks, load_data, build_model, jobs, max_retries, progress, data)
@@ -316,9 +326,9 @@ def worker_pythonpath() -> str:
     return os.pathsep.join(inside + [p for p in extra if p not in inside])
 
 
-def ray_task_options(resources: dict) -> dict:
-    """Resources one run asks for: a GPU when the cluster has any, else one CPU."""
-    return {"num_gpus": 1} if resources.get("GPU", 0) > 0 else {"num_cpus": 1}
+def ray_task_options(resources: dict, threads: int = 1) -> dict:
+    """Resources one run asks for: a GPU when the cluster has any, else its ``threads`` CPUs."""
+    return {"num_gpus": 1} if resources.get("GPU", 0) > 0 else {"num_cpus": threads}
 
 
 def _run_ray(tasks, load_data, build_model, jobs, address, max_retries, progress) -> GridOutcome:
@@ -328,7 +338,7 @@ def _run_ray(tasks, load_data, build_model, jobs, address, max_retries, progress
     except ImportError:
         raise GridError("--backend ray needs Ray: pip install -r requirements.txt") from None
 
-    env = {"PYTHONPATH": worker_pythonpath(), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {"PYTHONPATH": worker_pythonpath(), "TF_CPP_MIN_LOG_LEVEL": "2"}
     if os.environ.get("AL_DATA_DIR"):
         env["AL_DATA_DIR"] = os.path.abspath(os.environ["AL_DATA_DIR"])
     started_here = not ray.is_initialized()
@@ -340,8 +350,8 @@ def _run_ray(tasks, load_data, build_model, jobs, address, max_retries, progress
     try:
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0)
-        options = ray_task_options(resources)
         threads = tasks[0].config["threads"]
+        options = ray_task_options(resources, threads)
         where = f"Ray cluster at {address}" if address else "local Ray instance"
         outcome = GridOutcome(
             results=[None] * len(tasks),

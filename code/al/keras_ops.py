@@ -21,6 +21,7 @@ import sys
 import tempfile
 
 import numpy as np
+import threadpoolctl
 
 PREDICT_BATCH_SIZE = 8192  # large batches: scoring the whole pool is the hot path
 _BANNER = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} "
@@ -38,7 +39,7 @@ def import_tensorflow():
     """
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # errors still show
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as captured:
@@ -56,9 +57,13 @@ def import_tensorflow():
     return tf
 
 
-def gpu_available() -> bool:
+def gpu_names() -> list[str]:
     tf = import_tensorflow()
-    return bool(tf.config.list_physical_devices("GPU"))
+    return [d.name for d in tf.config.list_physical_devices("GPU")]
+
+
+def gpu_available() -> bool:
+    return bool(gpu_names())
 
 
 def configured_threads() -> int | None:
@@ -69,7 +74,9 @@ def configured_threads() -> int | None:
 def configure_tensorflow(threads: int) -> int:
     """One fixed thread count per process, deterministic kernels, GPU memory grown on demand.
 
-    ``threads`` TensorFlow intra-op threads (inter-op: ``min(threads, 2)``). The setting is
+    ``threads`` TensorFlow intra-op threads (inter-op: ``min(threads, 2)``), and the same
+    limit for the BLAS/OpenMP pools numpy uses (``threadpoolctl``), so the numbers of the
+    numpy parts (coreset, badge) do not depend on the number of cores either. The setting is
     fixed once TensorFlow has run an op; asking for another count afterwards raises
     RuntimeError instead of silently computing with other numerics. Returns ``threads``.
     """
@@ -98,6 +105,7 @@ def configure_tensorflow(threads: int) -> int:
         except RuntimeError:
             pass
     tf.config.experimental.enable_op_determinism()
+    threadpoolctl.threadpool_limits(limits=threads)
     _CONFIGURED["threads"] = threads
     return threads
 

@@ -36,7 +36,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from al import runs
 from al.data_common import Dataset
-from al.keras_ops import PREDICT_BATCH_SIZE, configured_threads, predict_proba
+from al.keras_ops import PREDICT_BATCH_SIZE, configure_tensorflow, configured_threads, gpu_names, predict_proba
 from al.strategies import MCDropoutStrategy, get_strategy
 
 LOOP_KEYS = ("start_size", "batch_size", "n_steps", "epochs", "fit_batch_size",
@@ -246,9 +246,34 @@ def new_run(dataset: str, strategy, seed: int, config: dict, data: Dataset) -> d
     return {"format": runs.FORMAT, "dataset": dataset, "strategy": strategy.name, "seed": seed,
             "config": config, "git_commit": runs.git_commit(), "versions": runs.library_versions(),
             "provenance": {"data": data.provenance(), "cpu_model": runs.cpu_model(),
-                           "threads": config["threads"], "settings": numeric_settings(strategy),
+                           "devices": gpu_names(), "threads": config["threads"],
+                           "settings": numeric_settings(strategy),
+                           "environment": {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS")},
                            "resumed": []},
             "complete": False, "steps": [], "sha256": ""}
+
+
+def run_differences(run: dict, config: dict, data_provenance: dict, strategy,
+                    lenient: bool = False) -> tuple[list[str], list[str]]:
+    """What keeps ``run`` from belonging to a grid of ``config`` on the data described by
+    ``data_provenance``: (problems, notes). The one comparison of resume and the pre-flight check.
+
+    Compared: the config, the data's content hash and the numeric settings
+    (:func:`numeric_settings`). With ``lenient`` (a run that is only read, never continued)
+    another thread count, and the keys a converted run did not record, are notes instead of
+    problems: the same protocol, numbers not bit-comparable.
+    """
+    keys = runs.differing_keys(run["config"], config)
+    soft = {"threads", *run.get("converted", {}).get("unrecorded_keys", [])} if lenient else set()
+    problems = runs.config_differences(run["config"], config, [k for k in keys if k not in soft])
+    notes = runs.config_differences(run["config"], config, [k for k in keys if k in soft])
+    data_diff = runs.data_difference(run, data_provenance)
+    if data_diff:
+        problems.append(data_diff)
+    recorded, now = run["provenance"].get("settings"), numeric_settings(strategy)
+    if recorded is not None and recorded != now:
+        problems.append(f"settings {recorded} on disk vs {now} now")
+    return problems, notes
 
 
 def load_previous(path: Path, config: dict, data: Dataset, strategy) -> dict | None:
@@ -263,13 +288,7 @@ def load_previous(path: Path, config: dict, data: Dataset, strategy) -> dict | N
         run = runs.read_run(path)
     except runs.RunFileError as err:
         raise ModifiedRunError(f"cannot resume: {err}") from None
-    problems = runs.config_differences(run["config"], config)
-    data_diff = runs.data_difference(run, data.provenance())
-    if data_diff:
-        problems.append(data_diff)
-    recorded = run["provenance"].get("settings")
-    if recorded is not None and recorded != numeric_settings(strategy):
-        problems.append(f"settings {recorded} on disk vs {numeric_settings(strategy)} now")
+    problems, _ = run_differences(run, config, data.provenance(), strategy)
     if problems:
         raise ConfigMismatchError(
             f"{path} was written with a different config ({'; '.join(problems)}). "
@@ -318,9 +337,11 @@ def run_active_learning(*, dataset: str, data: Dataset, build_model: Callable, c
     if configured_threads() not in (None, config["threads"]):
         raise ValueError(f"this process runs TensorFlow with {configured_threads()} thread(s) but the run's "
                          f"config asks for {config['threads']}; run it in a process of its own (al.grid does).")
+    configure_tensorflow(config["threads"])  # a no-op when set already; the count is then fixed
     run = previous or new_run(dataset, query, seed, config, data)
     if previous:
-        here = {"step": len(run["steps"]), "git_commit": runs.git_commit(), "cpu_model": runs.cpu_model()}
+        here = {"step": len(run["steps"]), "git_commit": runs.git_commit(), "cpu_model": runs.cpu_model(),
+                "devices": gpu_names()}
         run["provenance"].setdefault("resumed", []).append(here)
     selected = [np.asarray(s["selected"], dtype=np.int64) for s in run["steps"]]
     if not selected:
@@ -347,8 +368,8 @@ def run_active_learning(*, dataset: str, data: Dataset, build_model: Callable, c
         timer["train"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         metrics = evaluate(model, data)
-        stop_predictions = predict_proba(model, stop_set).argmax(axis=1)
         timer["eval"] = time.perf_counter() - t0
+        stop_predictions = predict_proba(model, stop_set).argmax(axis=1)
 
         record = step_record(step, labeled_idx, selected[step], data, metrics, timer, stop_predictions)
         run["steps"].append(record)

@@ -263,6 +263,8 @@ def schema_problems(run) -> list[str]:
         return problems
     if run["format"] != FORMAT:
         return [f"run-file format {run['format']}, this code reads format {FORMAT}"]
+    if not isinstance(run["provenance"].get("data"), dict):
+        return ["provenance.data should be an object (origin, sha256)"]
     previous_n, seen = 0, set()
     for i, step in enumerate(run["steps"]):
         step_problems = _step_problems(i, step, previous_n)
