@@ -1,19 +1,23 @@
 """MIT-BIH Arrhythmia heartbeats: entropy vs random sampling with a Keras 1D CNN.
 
 Beats (187 samples at 125 Hz in [0, 1], classes N/S/V/F/Q) come from the Kaggle CSVs or
-are built from the PhysioNet records (see ``data_mitbih``). ``--split intra`` (default)
-reproduces the published 80/20 beat split; ``--split inter`` is the patient-wise DS1/DS2
-split and writes to ``results/mitbih_inter/``. Every UPPER_CASE constant below is a
-hyperparameter and a command-line option (``python code/mitbih.py --help``).
+are built from the PhysioNet records (see ``al/data_mitbih.py``). ``--split intra``
+(default) reproduces the published 80/20 beat split; ``--split inter`` is the patient-wise
+DS1/DS2 split and writes to ``results/mitbih_inter/``. Every UPPER_CASE constant below is a
+hyperparameter and a command-line option (``python code/mitbih.py --help``). The training
+recipe was chosen on the development split by ``code/recipe_search.py`` (README "Training
+recipe"); the first recipe's results are in ``results/recipe_v1/``.
 """
 
 import dataclasses
 
 from al import cli, models
+from al.data_common import hold_out_dev
 from al.data_mitbih import load_mitbih
 
 # --- data
 SPLIT = "intra"        # "intra": stratified 80/20 over beats; "inter": patients DS1 -> DS2
+DEV_SIZE = 10000       # beats held out of the pool as the development split (recipe search only)
 # --- active-learning protocol
 START_SIZE = 256
 BATCH_SIZE = 128
@@ -22,32 +26,48 @@ N_SEEDS = 10
 STRATEGIES = ["random", "entropy"]
 POOL_SUBSAMPLE = 0     # score only this many random pool samples per step (0 = whole pool)
 # --- training (a fresh model every step, on the selected labels only)
-EPOCHS = 20            # published: 45 at batch 32 with the larger net (see README "Speed")
+TRAIN_STEPS = 1000     # optimizer updates per training, whatever the number of labels (0: EPOCHS)
+EPOCHS = 20            # epochs per training when TRAIN_STEPS is 0
 FIT_BATCH_SIZE = 64
-LEARNING_RATE = 1e-3
+LEARNING_RATE = 3e-3   # the peak of the schedule
+LR_SCHEDULE = "onecycle"  # "constant", "cosine" or "onecycle" (warm-up, then cosine down)
+OPTIMIZER = "adam"     # "adam" or "adamw"
+WEIGHT_DECAY = 0.0     # AdamW only
+LABEL_SMOOTHING = 0.0
 VAL_FRACTION = 0.0     # early-stopping split, taken from the selected labels
 PATIENCE = 0           # 0 = no early stopping
-CLASS_WEIGHT = "none"  # "balanced": weights from the labeled set's class counts
-# --- model: conv blocks of two Conv1D layers each, then max-pooling
-CONV_FILTERS = [16, 32, 32, 64]   # published: 16, 32, 32, 256
+CLASS_WEIGHT = "none"  # "balanced" / "sqrt": weights from the labeled set's class counts
+AUGMENT = 0            # 1: random shift / scale / baseline wander / noise while training
+AUGMENT_SHIFT = 5      # samples
+AUGMENT_SCALE = 0.1
+AUGMENT_WANDER = 0.05
+AUGMENT_NOISE = 0.01
+# --- model (code/al/models.py)
+ARCHITECTURE = "ecg_resnet"  # residual 1-D CNN (Kachuee et al. 2018); "ecg_cnn": the v1 net
+RES_FILTERS = 32
+RES_BLOCKS = 5
+DROPOUT = 0.1          # before the dense layers (the MC-dropout strategies need one)
+# ecg_cnn only: conv blocks of two Conv1D layers each, then max-pooling
+STEM_POOL = 1
+CONV_FILTERS = [16, 32, 32, 64]
 KERNEL_SIZES = [5, 3, 3, 3]
 DENSE_UNITS = [64, 64]
-DROPOUT = 0.1
-BATCH_NORM = 1         # 1: BatchNormalization after every convolution (faster convergence)
-BN_MOMENTUM = 0.9      # Keras' 0.99 leaves the moving statistics unconverged on small labeled sets
+BATCH_NORM = 1
+BN_MOMENTUM = 0.9
 
 
 def load_data(config, data_dir=None):
     data = load_mitbih(data_dir, split=config["split"])
     # Conv1D wants a channel axis: (n, 187) -> (n, 187, 1).
-    return dataclasses.replace(data, x_train=data.x_train[..., None], x_test=data.x_test[..., None])
+    data = dataclasses.replace(data, x_train=data.x_train[..., None], x_test=data.x_test[..., None])
+    return hold_out_dev(data, config["dev_size"])[0]
 
 
 def results_name(config):
     return "mitbih" if config["split"] == "intra" else f"mitbih_{config['split']}"
 
 
-build_model = models.ecg_cnn  # two Conv1D per block, pooling, dense layers, softmax; Adam (code/al/models.py)
+build_model = models.build  # the builder named by ARCHITECTURE (code/al/models.py)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Average the run files of every dataset and write plots and summary tables.
 
     python code/plot_perf.py [--results-dir results]
-    python code/plot_perf.py --compare results/pool_subsample_10000/mnist results/mnist
+    python code/plot_perf.py --compare results/recipe_v1/pool_subsample_10000/mnist results/recipe_v1/mnist
 
 For each ``results/<dataset>/`` holding ``<strategy>_seed<k>.json`` files it writes
 ``results/<dataset>_perf.png`` (mean macro-F1 vs labels, +-1 std band, random and entropy),

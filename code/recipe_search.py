@@ -4,9 +4,10 @@
     python code/recipe_search.py --datasets mitbih --candidates default,epochs40
     python code/recipe_search.py --smoke                  # seconds; tests the script only
 
-For each dataset, a fixed development split of ``DEV_SIZE`` samples is carved out of the
-training pool (:func:`al.data_common.hold_out_dev`, seed 0). For each candidate recipe (a
-set of changes to the dataset script's default config), each budget (the protocol's
+For each dataset, the development split of the script's ``DEV_SIZE`` samples is carved out
+of the training pool (:func:`al.data_common.hold_out_dev`, seed 0: the split the protocol
+removes from its pool). For each candidate recipe (a set of changes to the first recipe,
+:data:`V1`), each budget (the protocol's
 initial and final label counts) and each of ``SEEDS`` seeds, a fresh model is trained on a
 random subset of the remaining pool of that size (drawn from ``default_rng([seed,
 budget])``, so every candidate sees the same subsets) and scored by macro-F1 on the
@@ -19,7 +20,8 @@ side, one per core by default); fit seconds are that process's wall time of
 ``<out-dir>/recipe_search_<dataset>.jsonl``, so an interrupted search resumes; the report
 ``<out-dir>/recipe_search.md`` (and ``.json``) gives per candidate and budget the mean and
 std of dev macro-F1 over seeds and the mean fit seconds, and the default is chosen from it
-as README "Training recipe" states.
+as README "Training recipe" states. Records carry their full config; a resumed search reuses
+only records of the same candidate, budget, seed and config.
 """
 
 from __future__ import annotations
@@ -36,14 +38,26 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 import numpy as np
 from sklearn.metrics import f1_score
 
-from al import runs
+from al import bench, runs
 from al.data_common import hold_out_dev, resolve_repo_path
 from al.keras_ops import configure_tensorflow, predict_proba
 from al.loop import final_budget, train_fresh_model
 from al.models import build
 
 SEEDS = 5
-DEV_SIZE = {"mnist": 5000, "mitbih": 10000}
+# Every candidate is a change to the first (v1) recipe, spelled out here in full so that the
+# search means the same whatever the scripts' current defaults are.
+V1 = {
+    "mitbih": {"architecture": "ecg_cnn", "train_steps": 0, "epochs": 20, "fit_batch_size": 64,
+               "learning_rate": 1e-3, "lr_schedule": "constant", "optimizer": "adam", "weight_decay": 0.0,
+               "label_smoothing": 0.0, "class_weight": "none", "augment": 0, "stem_pool": 1,
+               "conv_filters": [16, 32, 32, 64], "kernel_sizes": [5, 3, 3, 3], "dense_units": [64, 64],
+               "dropout": 0.1, "batch_norm": 1, "bn_momentum": 0.9},
+    "mnist": {"architecture": "mnist_cnn", "train_steps": 0, "epochs": 20, "fit_batch_size": 32,
+              "learning_rate": 1e-3, "lr_schedule": "constant", "optimizer": "adam", "weight_decay": 0.0,
+              "label_smoothing": 0.0, "class_weight": "none", "augment": 0, "conv_filters": [32, 64],
+              "dense_units": 128, "dropout": 0.25},
+}
 ECG_AUGMENT = {"augment": 1, "augment_shift": 5, "augment_scale": 0.1, "augment_wander": 0.05,
                "augment_noise": 0.01}
 DIGIT_AUGMENT = {"augment": 1, "augment_shift": 0.08, "augment_rotation": 10.0}
@@ -90,20 +104,14 @@ CANDIDATES = {
                                        "learning_rate": 3e-3},
     },
 }
-ARCHITECTURE_OF = {"mnist": "mnist_cnn", "mitbih": "ecg_cnn"}
 SMOKE = {"seeds": 1, "dev": 300, "budgets": (64, 128), "epochs": 1}
 
 
 def script_defaults(dataset: str) -> tuple[object, dict]:
-    """The dataset script as a module (its ``main`` does not run) and its run config."""
+    """The dataset script as a module (its ``main`` does not run) and the search's base config:
+    the script's page (protocol, data, dev_size) with the v1 recipe (:data:`V1`) over it."""
     module = importlib.import_module(dataset)
-    config = {k.lower(): v for k, v in vars(module).items()
-              if k.isupper() and not k.startswith("_") and isinstance(v, (int, float, str, list, tuple))}
-    for key in ("n_seeds", "strategies"):
-        config.pop(key, None)
-    config.setdefault("architecture", ARCHITECTURE_OF[dataset])
-    config["threads"] = 1
-    return module, config
+    return module, {**bench.default_config(module, threads=1), **V1[dataset]}
 
 
 def candidate_config(base: dict, changes: dict, smoke: bool) -> dict:
@@ -123,8 +131,8 @@ def run_jobs(jobs: list[dict]) -> list[dict]:
     configure_tensorflow(1)
     dataset = jobs[0]["dataset"]
     module, base = script_defaults(dataset)
-    data = module.load_data(base, jobs[0]["data_dir"])
-    pool, (x_dev, y_dev) = hold_out_dev(data, jobs[0]["dev_size"], seed=0)
+    data = module.load_data({**base, "dev_size": 0}, jobs[0]["data_dir"])  # the whole pool, then
+    pool, (x_dev, y_dev) = hold_out_dev(data, jobs[0]["dev_size"])        # the protocol's split
     n_classes = len(data.class_names)
     labels = list(range(n_classes))
     out = []
@@ -140,6 +148,7 @@ def run_jobs(jobs: list[dict]) -> list[dict]:
         f1 = float(f1_score(y_dev, predicted, labels=labels, average="macro", zero_division=0))
         per_class = f1_score(y_dev, predicted, labels=labels, average=None, zero_division=0)
         out.append({**{k: job[k] for k in ("dataset", "candidate", "budget", "seed", "changes")},
+                    "config": config,
                     "dev_macro_f1": f1, "dev_per_class_f1": dict(zip(data.class_names, map(float, per_class))),
                     "fit_seconds": round(seconds, 3), "n_dev": int(len(y_dev)), "threads": 1,
                     "cpu_model": runs.cpu_model(), "git_commit": runs.git_commit()})
@@ -225,6 +234,7 @@ def plan(args) -> list[dict]:
     for ds in args.datasets:
         _, base = script_defaults(ds)
         budgets = SMOKE["budgets"] if args.smoke else (base["start_size"], final_budget(base))
+        dev_size = SMOKE["dev"] if args.smoke else base["dev_size"]
         for name, changes in CANDIDATES[ds].items():
             if args.candidates and name not in args.candidates:
                 continue
@@ -232,7 +242,7 @@ def plan(args) -> list[dict]:
                 for seed in range(args.seeds):
                     jobs.append({"dataset": ds, "candidate": name, "changes": changes, "budget": int(budget),
                                  "seed": seed, "smoke": args.smoke, "data_dir": args.data_dir,
-                                 "dev_size": SMOKE["dev"] if args.smoke else DEV_SIZE[ds]})
+                                 "dev_size": dev_size, "config": candidate_config(base, changes, args.smoke)})
     return jobs
 
 
@@ -244,8 +254,10 @@ def main(argv=None) -> dict:
     for job in plan(args):
         log = args.out_dir / f"recipe_search_{job['dataset']}.jsonl"
         done = {job_key(r): r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
-        if job_key(job) in done and done[job_key(job)]["changes"] == job["changes"]:
-            records.append(done[job_key(job)])
+        old = done.get(job_key(job))
+        # Records from before configs were recorded ran on the v1 base, which is what V1 spells out.
+        if old and old["changes"] == job["changes"] and old.get("config", job["config"]) == job["config"]:
+            records.append(old)
         else:
             todo.append(job)
     print(f"{len(records)} fits already done, {len(todo)} to run on {args.jobs} worker(s)", flush=True)
@@ -268,7 +280,8 @@ def main(argv=None) -> dict:
     report = {"command": command.strip(), "cpu_cores": os.cpu_count(), "cpu_model": runs.cpu_model(),
               "jobs": args.jobs, "git_commit": runs.git_commit(),
               "created_at": time.strftime("%Y-%m-%d %H:%M:%S %z"), "smoke": args.smoke,
-              "dev_size": {ds: (SMOKE["dev"] if args.smoke else DEV_SIZE[ds]) for ds in args.datasets},
+              "dev_size": {ds: (SMOKE["dev"] if args.smoke else script_defaults(ds)[1]["dev_size"])
+                           for ds in args.datasets},
               "candidates": {ds: CANDIDATES[ds] for ds in args.datasets},
               "summary": summarize(records), "records": records}
     runs.write_json_atomic(args.out_dir / "recipe_search.json", report)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import os
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 
 import annotate
-from al import cli, models
+from al import models
 from al.data_common import REPO_ROOT
 from al.data_mnist import load_mnist
 from al.strategies import STRATEGIES
@@ -419,21 +418,18 @@ def test_model_auto_picks_by_input_shape():
     ("cnn1d", "mitbih", "ecg_cnn"),
     ("cnn2d", "mnist", "mnist_cnn"),
 ])
-def test_built_in_cnns_use_the_dataset_scripts_defaults(kind, script, builder):
-    """CNN1D_CONFIG / CNN2D_CONFIG hold the scripts' current defaults, so they cannot drift."""
-    module = importlib.import_module(script)  # the dataset script code/<script>.py
-    defaults = cli.hyperparameters(vars(module))
+def test_built_in_cnns_are_the_v1_nets_with_every_key_their_builder_reads(kind, script, builder):
+    """CNN1D_CONFIG / CNN2D_CONFIG: the scripts' first recipe, complete for their builder."""
     config = getattr(annotate, f"{kind.upper()}_CONFIG")
-    assert module.build_model is getattr(models, builder)
-    assert set(config) <= set(defaults), f"keys {set(config) - set(defaults)} are not in {script}.py"
-    assert {k: defaults[k] for k in config} == config
-    images = np.zeros((2, 8, 8, 1) if kind == "cnn2d" else (2, 187), np.float32)
+    images = np.zeros((2, 28, 28, 1) if kind == "cnn2d" else (2, 187), np.float32)
     data = annotate.UserData([], images, {}, "images" if kind == "cnn2d" else "table", Path("l"),
                              Path("q"), [])
     args = annotate.build_parser().parse_args(["next", "data", "--model", kind])
     spec = annotate.model_spec(args, data, 3)
     assert spec.build is getattr(models, builder)
     assert {k: spec.config[k] for k in config} == config
+    model = spec.build(spec.config, spec.prepare(images[:1]).shape[1:] if kind == "cnn1d" else images.shape[1:], 3)
+    assert model.output_shape[-1] == 3
 
 
 def test_cnn1d_on_rows_too_short_explains_the_problem(blobs, capsys):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 # Imported first by every module: silence TensorFlow's C++ start-up chatter before it loads.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # errors still show
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # level 2 still prints harmless graph-rewrite E lines per fit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_ROOT = REPO_ROOT / "data"

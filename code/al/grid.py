@@ -338,7 +338,7 @@ def _run_ray(tasks, load_data, build_model, jobs, address, max_retries, progress
     except ImportError:
         raise GridError("--backend ray needs Ray: pip install -r requirements.txt") from None
 
-    env = {"PYTHONPATH": worker_pythonpath(), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {"PYTHONPATH": worker_pythonpath(), "TF_CPP_MIN_LOG_LEVEL": "3"}
     if os.environ.get("AL_DATA_DIR"):
         env["AL_DATA_DIR"] = os.path.abspath(os.environ["AL_DATA_DIR"])
     started_here = not ray.is_initialized()

@@ -39,7 +39,7 @@ def import_tensorflow():
     """
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # errors still show
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # level 2 still prints harmless graph-rewrite E lines per fit
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as captured:
