@@ -212,7 +212,7 @@ def test_local_backend_resumes_the_run_of_a_worker_killed_mid_run(uninterrupted,
             assert t.strategy == at_the_kill["strategy"]
             assert result["steps"][:1] == at_the_kill["steps"], "the step on disk is kept, not recomputed"
             assert result["provenance"]["resumed"] == [
-                {"step": 1, "git_commit": runs.git_commit(), "cpu_model": runs.cpu_model()}]
+                {"step": 1, "git_commit": runs.git_commit(), "cpu_model": runs.cpu_model(), "devices": []}]
             assert {**result["provenance"], "resumed": []} == {**reference["provenance"], "resumed": []}
     assert resumed == [at_the_kill["strategy"]], "exactly the killed run resumed from its file"
     assert tmp_files(tmp_path) == [], "the resumed run removed the killed writer's temporary file"

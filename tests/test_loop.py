@@ -359,7 +359,7 @@ def test_resume_appends_to_the_provenance(resumed, finished):
     provenance = resumed["after"]["provenance"]
     earlier, new = provenance["resumed"]
     assert earlier == resumed["earlier"]
-    assert set(new) == {"step", "git_commit", "cpu_model"}
+    assert set(new) == {"step", "git_commit", "cpu_model", "devices"}
     assert new["step"] == 2 and new["cpu_model"] == runs.cpu_model()
     assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?|unknown", new["git_commit"])  # the resuming process's code
     reference = read(finished["main"])["provenance"]
