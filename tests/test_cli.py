@@ -414,3 +414,12 @@ def test_mnist_help_works_from_inside_code():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "--start-size" in proc.stdout and "--threads" in proc.stdout
+
+
+def test_quick_caps_the_training_budget_of_both_recipes():
+    import mitbih
+    import mnist
+    for script in (mitbih, mnist):
+        config, grid_settings, _ = cli.parse_config(script.__name__, cli.hyperparameters(vars(script)), ["--quick"])
+        assert config["n_steps"] == 2 and config["epochs"] == 2 and grid_settings["n_seeds"] == 2
+        assert config["train_steps"] == min(40, cli.hyperparameters(vars(script))["train_steps"])

@@ -44,7 +44,7 @@ from al.loop import check_config, run_differences
 from al.strategies import STRATEGIES, get_strategy
 
 GRID_KEYS = ("n_seeds", "strategies")
-QUICK = {"n_seeds": 2, "n_steps": 2, "epochs": 2}  # --quick: a smoke run in a few minutes
+QUICK = {"n_seeds": 2, "n_steps": 2, "epochs": 2, "train_steps": 40}  # --quick: a smoke run in minutes
 DEFAULT_RESULTS = REPO_ROOT / "results"
 DEFAULT_THREADS = 1
 
