@@ -24,7 +24,8 @@ from conftest import (LOOP_CONFIG, conv_build_model, load_signals, make_syntheti
                       tiny_build_model, toy_load_data)
 
 COMPARED_STEP_KEYS = {"step", "n_labeled", "macro_f1", "accuracy", "per_class_f1",
-                      "labeled_class_counts", "selected", "stop_set_predictions"}
+                      "labeled_class_counts", "selected", "stop_set_predictions", "stop_set_mean_entropy",
+                      "stop_set_max_entropy", "confusion_matrix"}
 
 
 def progress_lines(monkeypatch) -> list[str]:

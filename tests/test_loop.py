@@ -21,7 +21,7 @@ from al import keras_ops, loop, runs
 from al.data_common import Dataset
 from al.loop import LOOP_KEYS, ConfigMismatchError, ModifiedRunError, run_active_learning
 from al.runs import OPTIONAL_STEP_KEYS, RESULT_KEYS, STEP_KEYS
-from al.strategies import STRATEGIES, get_strategy
+from al.strategies import STRATEGIES, entropy, get_strategy
 from conftest import LOOP_CONFIG, strip_timing, tmp_files
 
 # Two selection steps are enough for every loop property (and a resume in the middle); the
@@ -223,12 +223,11 @@ def test_stop_set_indices_are_a_fixed_sorted_sample_of_the_pool():
     assert len(loop.stop_set_indices(3, 5000, size=50)) == 50
 
 
-def predictions_of_step(run_dict, step, data, build_model, stop_idx):
-    """Retrain the model of ``step`` as the loop did and predict the stop set."""
+def model_of_step(run_dict, step, data, build_model):
+    """Retrain the model of ``step`` as the loop did."""
     labeled = np.concatenate(selections(run_dict)[: step + 1])
-    model = loop.train_fresh_model(build_model, run_dict["config"], data.x_train[labeled],
-                                   data.y_train[labeled], len(data.class_names), [run_dict["seed"], step])
-    return keras_ops.predict_proba(model, data.x_train[stop_idx]).argmax(axis=1)
+    return loop.train_fresh_model(build_model, run_dict["config"], data.x_train[labeled],
+                                  data.y_train[labeled], len(data.class_names), [run_dict["seed"], step])
 
 
 def test_step_records_carry_the_stop_set_predictions_of_their_model(finished, synthetic_dataset,
@@ -242,7 +241,17 @@ def test_step_records_carry_the_stop_set_predictions_of_their_model(finished, sy
         assert predictions.shape == (len(stop_idx),)
         assert predictions.min() >= 0 and predictions.max() < len(data.class_names)
     last = CONFIG["n_steps"]
-    assert np.array_equal(decoded[last], predictions_of_step(result, last, data, build_model, stop_idx))
+    model = model_of_step(result, last, data, build_model)
+    probs = keras_ops.predict_proba(model, data.x_train[stop_idx])
+    assert np.array_equal(decoded[last], probs.argmax(axis=1))
+    uncertainty = entropy(probs)
+    step = result["steps"][last]
+    assert step["stop_set_mean_entropy"] == pytest.approx(uncertainty.mean(), abs=1e-6)
+    assert step["stop_set_max_entropy"] == pytest.approx(uncertainty.max(), abs=1e-6)
+    test_predictions = keras_ops.predict_proba(model, data.x_test).argmax(axis=1)
+    expected = np.zeros((len(data.class_names),) * 2, dtype=int)
+    np.add.at(expected, (data.y_test, test_predictions), 1)
+    assert step["confusion_matrix"] == expected.tolist()  # rows true, columns predicted
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +272,7 @@ def test_the_stop_set_does_not_change_any_selection_or_metric(finished, small_st
     assert selections(small_stop_set) == selections(reference)
 
     def without_stop_set(steps):
-        return [{k: v for k, v in s.items() if k != "stop_set_predictions"} for s in strip_timing(steps)]
+        return [{k: v for k, v in s.items() if not k.startswith("stop_set_")} for s in strip_timing(steps)]
     assert without_stop_set(small_stop_set["steps"]) == without_stop_set(reference["steps"])
 
 
@@ -272,8 +281,9 @@ def test_a_smaller_stop_set_is_predicted_on_its_own_samples(small_stop_set, synt
     last = 1
     predictions = runs.decode_uint8(small_stop_set["steps"][last]["stop_set_predictions"])
     assert len(predictions) == 50
-    assert np.array_equal(predictions,
-                          predictions_of_step(small_stop_set, last, synthetic_dataset, build_model, stop_idx))
+    model = model_of_step(small_stop_set, last, synthetic_dataset, build_model)
+    expected = keras_ops.predict_proba(model, synthetic_dataset.x_train[stop_idx]).argmax(axis=1)
+    assert np.array_equal(predictions, expected)
 
 
 # --------------------------------------------------------------------------- reproducibility

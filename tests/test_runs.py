@@ -276,6 +276,10 @@ SCHEMA_BREAKS = {
     "negative timing": (("steps", 0, "train_seconds"), -1.0, r"train_seconds \(a number >= 0\)"),
     "empty selection": (("steps", 1, "selected"), [], "selected"),
     "stop set not a string": (("steps", 1, "stop_set_predictions"), [0, 1], "stop_set_predictions"),
+    "negative stop-set entropy": (("steps", 1, "stop_set_mean_entropy"), -0.1, r"stop_set_mean_entropy \(a number"),
+    "stop-set entropy not a number": (("steps", 1, "stop_set_max_entropy"), "1", r"stop_set_max_entropy \(a number"),
+    "confusion matrix of the wrong size": (("steps", 1, "confusion_matrix"), [[1]], "confusion_matrix"),
+    "confusion matrix with a negative count": (("steps", 1, "confusion_matrix"), "NEGATIVE", "confusion_matrix"),
     "complete with steps missing": (("config", "n_steps"), 2, r"complete is True with 2 of 3 steps"),
 }
 
@@ -283,6 +287,9 @@ SCHEMA_BREAKS = {
 @pytest.mark.parametrize("key, value, message", list(SCHEMA_BREAKS.values()), ids=list(SCHEMA_BREAKS))
 def test_read_run_refuses_a_schema_violation_even_with_a_matching_digest(copy, key, value, message):
     path, run = copy
+    if value == "NEGATIVE":  # the step's own matrix with one count made negative
+        value = [list(row) for row in run["steps"][1]["confusion_matrix"]]
+        value[0][0] = -1
     set_in(run, key, value)
     runs.save_run(path, run)  # a valid digest: only the schema check can tell
     with pytest.raises(RunFileError, match=message):

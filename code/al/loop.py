@@ -18,9 +18,11 @@ uninterrupted run: every random draw is seeded from (seed, step), and the model 
 scores the pool is retrained deterministically on the same thread count
 (``config["threads"]``, which the worker sets before TensorFlow starts).
 
-Each step also records the model's predicted classes on a fixed *stop set*: ``STOP_SET_SIZE``
-pool samples drawn from a generator of their own (:func:`stop_set_indices`), so that
-label-free stopping criteria can be evaluated later without rerunning the grid.
+Each step also records the model's predicted classes and its mean and largest prediction
+entropy on a fixed *stop set*: ``STOP_SET_SIZE`` pool samples drawn from a generator of their
+own (:func:`stop_set_indices`), so that label-free stopping criteria (:mod:`al.stopping`) can
+be evaluated later without rerunning the grid; and the test-set confusion matrix (rows: true
+class, columns: predicted), from which any per-class metric can be derived.
 """
 
 from __future__ import annotations
@@ -32,12 +34,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from al import runs
 from al.data_common import Dataset
 from al.keras_ops import PREDICT_BATCH_SIZE, configure_tensorflow, configured_threads, gpu_names, predict_proba
-from al.strategies import MCDropoutStrategy, get_strategy
+from al.strategies import MCDropoutStrategy, entropy, get_strategy
 
 LOOP_KEYS = ("start_size", "batch_size", "n_steps", "epochs", "fit_batch_size",
              "val_fraction", "patience", "class_weight", "pool_subsample", "threads")
@@ -207,6 +209,7 @@ def evaluate(model, data: Dataset) -> dict:
                                    zero_division=0)),
         "accuracy": float(accuracy_score(data.y_test, y_pred)),
         "per_class_f1": dict(zip(data.class_names, map(float, per_class))),
+        "confusion_matrix": confusion_matrix(data.y_test, y_pred, labels=labels).tolist(),
     }
 
 
@@ -296,15 +299,24 @@ def load_previous(path: Path, config: dict, data: Dataset, strategy) -> dict | N
     return run
 
 
+def stop_set_record(stop_probs: np.ndarray) -> dict:
+    """What label-free stopping criteria (:mod:`al.stopping`) read of the stop set: the
+    predicted classes, and the mean and largest prediction entropy (nats)."""
+    uncertainty = entropy(stop_probs)
+    return {"stop_set_predictions": runs.encode_uint8(stop_probs.argmax(axis=1)),
+            "stop_set_mean_entropy": round(float(uncertainty.mean()), 6),
+            "stop_set_max_entropy": round(float(uncertainty.max()), 6)}
+
+
 def step_record(step: int, labeled_idx: np.ndarray, selected: np.ndarray, data: Dataset,
-                metrics: dict, seconds: dict, stop_predictions: np.ndarray) -> dict:
+                metrics: dict, seconds: dict, stop_probs: np.ndarray) -> dict:
     counts = np.bincount(data.y_train[labeled_idx], minlength=len(data.class_names))
     return {"step": step, "n_labeled": int(len(labeled_idx)), **metrics,
             "labeled_class_counts": dict(zip(data.class_names, map(int, counts))),
             **{f"{k}_seconds": round(v, 4) for k, v in seconds.items()},
             "finished_at": round(time.time(), 3),
             "selected": [int(i) for i in selected],
-            "stop_set_predictions": runs.encode_uint8(stop_predictions)}
+            **stop_set_record(stop_probs)}
 
 
 # --------------------------------------------------------------------------- the loop
@@ -369,9 +381,9 @@ def run_active_learning(*, dataset: str, data: Dataset, build_model: Callable, c
         t0 = time.perf_counter()
         metrics = evaluate(model, data)
         timer["eval"] = time.perf_counter() - t0
-        stop_predictions = predict_proba(model, stop_set).argmax(axis=1)
+        stop_probs = predict_proba(model, stop_set)
 
-        record = step_record(step, labeled_idx, selected[step], data, metrics, timer, stop_predictions)
+        record = step_record(step, labeled_idx, selected[step], data, metrics, timer, stop_probs)
         run["steps"].append(record)
         run["complete"] = step == config["n_steps"]
         runs.save_run(path, run)

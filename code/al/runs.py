@@ -39,7 +39,8 @@ RESULT_KEYS = ("format", "dataset", "strategy", "seed", "config", "git_commit", 
 OPTIONAL_RESULT_KEYS = ("converted",)
 STEP_KEYS = ("step", "n_labeled", "macro_f1", "accuracy", "per_class_f1", "labeled_class_counts",
              "train_seconds", "score_seconds", "eval_seconds", "selected")
-OPTIONAL_STEP_KEYS = ("finished_at", "stop_set_predictions")
+OPTIONAL_STEP_KEYS = ("finished_at", "stop_set_predictions", "stop_set_mean_entropy", "stop_set_max_entropy",
+                      "confusion_matrix")
 TIMING_KEYS = ("train_seconds", "score_seconds", "eval_seconds", "finished_at")
 
 
@@ -237,6 +238,15 @@ def _step_problems(i: int, step, previous_n: int) -> list[str]:
         bad.append("selected (a non-empty list of dataset indices)")
     if "stop_set_predictions" in step and not isinstance(step["stop_set_predictions"], str):
         bad.append("stop_set_predictions (a base64 string)")
+    for key in ("stop_set_mean_entropy", "stop_set_max_entropy"):
+        if key in step and not (_number(step[key]) and step[key] >= 0):
+            bad.append(f"{key} (a number >= 0)")
+    if "confusion_matrix" in step:
+        matrix, n = step["confusion_matrix"], len(f1) if isinstance(f1, dict) else -1
+        if not (isinstance(matrix, list) and len(matrix) == n and all(
+                isinstance(row, list) and len(row) == n and all(_integer(v) and v >= 0 for v in row)
+                for row in matrix)):
+            bad.append("confusion_matrix (classes x classes counts, rows true, columns predicted)")
     return [f"step {i} is malformed (bad {', '.join(bad)})"] if bad else []
 
 
