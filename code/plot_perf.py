@@ -34,11 +34,17 @@ import pandas as pd
 
 from al.runs import RunFileError, read_run as read_run_file, write_bytes_atomic, write_text_atomic
 from al.data_common import REPO_ROOT, resolve_repo_path
+from al.stopping import first_stop, get_criterion, rounds_of_run
 
 PUBLISHED_TARGETS = {"mitbih": 0.74, "mnist": 0.96}  # the published text's reference F1 levels
 BASELINE = "random"
 REPRODUCED = ("random", "entropy")  # the published comparison: <dataset>_perf.png shows these
 TIME_KEYS = ("train_seconds", "score_seconds", "eval_seconds")
+# Stopping criteria and the thresholds the stopping table measures (al/stopping.py).
+STOPPING_SWEEP = (*[("stabilizing_predictions", {"threshold": t}) for t in (0.99, 0.98, 0.97, 0.95)],
+                  *[("overall_uncertainty", {"threshold": t}) for t in (0.02, 0.05, 0.1)],
+                  *[("max_uncertainty", {"threshold": t}) for t in (0.5, 0.8)])
+AAMI_CLASSES = ("N", "S", "V", "F")  # MIT-BIH: the AAMI classes with enough beats to score
 
 
 class InvalidRunFile(ValueError):
@@ -336,6 +342,96 @@ def compare_folders(folder_a: Path, folder_b: Path) -> list[str]:
     return lines
 
 
+# --------------------------------------------------------------------------- stopping
+def stopping_frame(runs: list[dict]) -> pd.DataFrame:
+    """One row per (complete run, criterion setting): where the criterion would have stopped.
+
+    A run that never triggers the criterion counts as stopping at the final budget (no
+    labels saved, no F1 given up). Runs that did not record what a criterion reads are left
+    out of that criterion's rows.
+    """
+    rows = []
+    for run in runs:
+        if not run["complete"]:
+            continue
+        rounds, steps = rounds_of_run(run), run["steps"]
+        for name, settings in STOPPING_SWEEP:
+            criterion = get_criterion(name, **settings)
+            if not criterion.measurable(rounds):
+                continue
+            i = first_stop(criterion, rounds)
+            at = steps[-1] if i is None else steps[i]
+            rows.append({"strategy": run["strategy"], "seed": run["seed"], "criterion": criterion.label(),
+                         "stopped": i is not None, "stop_labels": at["n_labeled"],
+                         "saved": steps[-1]["n_labeled"] - at["n_labeled"],
+                         "f1_given_up": steps[-1]["macro_f1"] - at["macro_f1"]})
+    return pd.DataFrame(rows)
+
+
+def stopping_table(runs: list[dict], strategies: list[str]) -> list[str]:
+    """Per strategy and criterion setting: runs stopped, stop budget, labels saved, F1 given up."""
+    frame = stopping_frame(runs)
+    if frame.empty:
+        return ["No complete run recorded what the stopping criteria read (stop-set predictions)."]
+    head = ["strategy", "criterion", "stopped (runs)", "stop at labels", "labels saved", "test macro-F1 given up"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    order = [label for label in dict.fromkeys(frame.criterion)]
+    for s in strategies:
+        for label in order:
+            part = frame[(frame.strategy == s) & (frame.criterion == label)]
+            if part.empty:
+                continue
+            cells = [s, label, f"{int(part.stopped.sum())} of {len(part)}",
+                     fmt(part.stop_labels.mean(), part.stop_labels.std(), 0),
+                     fmt(part.saved.mean(), part.saved.std(), 0),
+                     fmt(part.f1_given_up.mean(), part.f1_given_up.std())]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+# --------------------------------------------------------------------------- AAMI (MIT-BIH)
+def aami_metrics(matrix, class_names: list[str]) -> dict:
+    """AAMI-style figures from a test confusion matrix (rows true, columns predicted):
+    sensitivity (Se), positive predictivity (+P) and F1 of SVEB (S) and VEB (V), overall
+    accuracy, and macro-F1 over N, S, V, F (Q has too few beats to score)."""
+    m = np.asarray(matrix, dtype=float)
+    out = {"accuracy": float(np.trace(m) / m.sum())}
+    f1s = {}
+    for c in class_names:
+        i = class_names.index(c)
+        tp, true, predicted = m[i, i], m[i].sum(), m[:, i].sum()
+        se = tp / true if true else float("nan")
+        ppv = tp / predicted if predicted else float("nan")
+        f1s[c] = 2 * tp / (true + predicted) if true + predicted else 0.0
+        if c in ("S", "V"):
+            label = {"S": "SVEB", "V": "VEB"}[c]
+            out.update({f"{label} Se": se, f"{label} +P": ppv, f"{label} F1": f1s[c]})
+    out["macro-F1 NSVF"] = float(np.mean([f1s[c] for c in AAMI_CLASSES]))
+    return out
+
+
+def aami_table(runs: list[dict], strategies: list[str]) -> list[str]:
+    """AAMI figures at the final budget (mean ± std over the complete runs with a confusion matrix)."""
+    rows = []
+    for run in runs:
+        last = run["steps"][-1]
+        if run["complete"] and "confusion_matrix" in last:
+            classes = list(last["per_class_f1"])
+            if set(AAMI_CLASSES) <= set(classes):
+                rows.append({"strategy": run["strategy"], **aami_metrics(last["confusion_matrix"], classes)})
+    if not rows:
+        return ["No complete run recorded a test confusion matrix yet (runs written before it was recorded)."]
+    frame = pd.DataFrame(rows)
+    columns = [c for c in frame.columns if c != "strategy"]
+    lines = ["| strategy (runs) | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for s in strategies:
+        part = frame[frame.strategy == s]
+        if len(part):
+            lines.append(f"| {s} ({len(part)}) | " + " | ".join(fmt(part[c].mean(), part[c].std(), 3)
+                                                              for c in columns) + " |")
+    return lines
+
+
 def thread_note(runs: list[dict]) -> list[str]:
     """A summary line when the folder mixes TensorFlow thread counts (paired, not bit-comparable)."""
     counts: dict = {}
@@ -406,6 +502,18 @@ def summarize_dataset(folder: Path, out_dir: Path) -> str | None:
              "## Macro-F1 per budget (mean ± std, seeds)", "", *budget_table(df, stats, strategies), "",
              "p: paired Wilcoxon against random at each budget, Holm-corrected over the budgets of "
              "each strategy after the initial one (family-wise error 0.05 at p < 0.05).", "",
+             "## When to stop labeling (stopping criteria on the simulated protocol)", "",
+             *stopping_table(runs, strategies), "",
+             "Each criterion reads every step of a complete run with only the history up to that step, "
+             "as a live session would (al/stopping.py). stop at labels: the first budget at which it "
+             "says stop, a run it never stops counting at the final budget; labels saved: final budget "
+             "minus that; test macro-F1 given up: final macro-F1 minus macro-F1 at the stop (negative: "
+             "the stop was better). Mean ± std over the runs. Runs that did not record what a criterion "
+             "reads (stop-set entropy arrived after the first runs of the new recipe) are left out of it.", "",
+             *(["## AAMI figures at the final budget (test set)", "", *aami_table(runs, strategies), "",
+                "Se: sensitivity, +P: positive predictivity, from the step's test confusion matrix; "
+                "macro-F1 NSVF leaves out Q (a handful of beats).", ""]
+               if dataset.startswith("mitbih") else []),
              "## Compute time (from the steps' own timers; one process per run)", "",
              *time_table(df, strategies), "",
              "## Per-class F1 at the final budget (mean over seeds)", "",

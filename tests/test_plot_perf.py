@@ -424,3 +424,58 @@ def test_a_folder_mixing_thread_counts_says_so(results):
     run["config"]["threads"] = 1
     runs.save_run(path, run)
     assert "Thread counts differ" not in summarize(results)[1]
+
+
+# --------------------------------------------------------------------------- stopping and AAMI tables
+def with_stop_set(run: dict, predictions: list[np.ndarray], mean_entropy: list[float] | None = None) -> dict:
+    for k, step in enumerate(run["steps"]):
+        step["stop_set_predictions"] = runs.encode_uint8(predictions[k])
+        if mean_entropy is not None:
+            step["stop_set_mean_entropy"] = mean_entropy[k]
+            step["stop_set_max_entropy"] = 0.69
+    return run
+
+
+def test_the_stopping_table_says_where_each_criterion_would_have_stopped(tmp_path):
+    folder = tmp_path / "results" / "toy"
+    base = np.arange(60) % 2
+    flipped = 1 - base
+    f1s = [0.4, 0.7, 0.8, 0.82, 0.85]
+    # seed 0: predictions stable from step 1 on -> window 3 first complete at step 4 (labels 60)
+    # seed 1: always changing -> never stops (counts at the final budget)
+    write_run(folder, with_stop_set(run_dict("random", 0, f1s, n_steps=4), [flipped, base, base, base, base],
+                                    mean_entropy=[0.6, 0.3, 0.01, 0.01, 0.01]))
+    write_run(folder, with_stop_set(run_dict("random", 1, f1s, n_steps=4), [base, flipped] * 2 + [base],
+                                    mean_entropy=[0.6, 0.5, 0.4, 0.3, 0.2]))
+    code, summary = summarize(tmp_path / "results")
+    assert code == 0
+    section = "## When to stop labeling"
+    kappa = "stabilizing_predictions (threshold 0.99, window 3)"
+    assert table_cell(summary, "random", "stopped (runs)", section) == "1 of 2"  # first row: kappa 0.99
+    row = table_row(summary, "random", section)
+    assert row[1] == kappa
+    assert row[3] == "60 ± 0"         # both end at 60: seed 0 stops there, seed 1 never
+    assert row[4] == "0 ± 0" and row[5] == "0.0000 ± 0.0000"
+    # Overall uncertainty below 0.05 of log(2): seed 0 from step 2 (40 labels: 20 saved, F1 0.85 - 0.8 given up)
+    part = summary.split(section, 1)[1].split("\n## ", 1)[0]
+    line = next(l for l in part.splitlines() if "overall_uncertainty (threshold 0.05)" in l)
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    assert cells[2] == "1 of 2" and cells[3] == "50 ± 14" and cells[4] == "10 ± 14"
+    assert cells[5] == "0.0250 ± 0.0354"
+
+
+def test_aami_metrics_come_from_the_confusion_matrix():
+    classes = ["N", "S", "V", "F", "Q"]
+    # rows true, columns predicted
+    matrix = [[90, 5, 5, 0, 0],
+              [4, 6, 0, 0, 0],
+              [2, 0, 18, 0, 0],
+              [1, 0, 1, 2, 0],
+              [0, 0, 0, 0, 1]]
+    m = plot_perf.aami_metrics(matrix, classes)
+    assert m["SVEB Se"] == pytest.approx(6 / 10) and m["SVEB +P"] == pytest.approx(6 / 11)
+    assert m["VEB Se"] == pytest.approx(18 / 20) and m["VEB +P"] == pytest.approx(18 / 24)
+    assert m["SVEB F1"] == pytest.approx(12 / 21)
+    assert m["accuracy"] == pytest.approx(117 / 135)
+    f1 = {"N": 180 / (100 + 97), "S": 12 / 21, "V": 36 / 44, "F": 4 / 6}
+    assert m["macro-F1 NSVF"] == pytest.approx(np.mean(list(f1.values())))  # Q left out
