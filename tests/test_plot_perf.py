@@ -479,3 +479,27 @@ def test_aami_metrics_come_from_the_confusion_matrix():
     assert m["accuracy"] == pytest.approx(117 / 135)
     f1 = {"N": 180 / (100 + 97), "S": 12 / 21, "V": 36 / 44, "F": 4 / 6}
     assert m["macro-F1 NSVF"] == pytest.approx(np.mean(list(f1.values())))  # Q left out
+
+
+def test_the_reality_check_puts_two_recipes_side_by_side(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    for strategy, rows in F1.items():
+        for seed, f1s in enumerate(rows):
+            write_run(old / "toy", run_dict(strategy, seed, f1s))
+            # the new recipe: random up by 0.1 everywhere, entropy the same as before
+            write_run(new / "toy", run_dict(strategy, seed, [f + (0.1 if strategy == "random" else 0) for f in f1s]))
+    write_run(new / "toy", run_dict("margin", 0, [0.4, 0.5], complete=False))  # incomplete: left out
+    assert plot_perf.main(["--reality-check", str(old), str(new)]) == 0
+    text = (new / "reality_check.md").read_text()
+    section = "## toy"
+    assert table_cell(text, "random", "final macro-F1 old", section) == "0.7000 ± 0.1000"
+    assert table_cell(text, "random", "final macro-F1 new", section) == "0.8000 ± 0.1000"
+    # entropy's paired gain over random: 0.9 - (0.6, 0.7, 0.8) = 0.2 old, 0.9 - (0.7, 0.8, 0.9) = 0.1 new
+    assert table_cell(text, "entropy", "gain vs random old (p)", section) == "+0.2000 (0.25)"
+    assert table_cell(text, "entropy", "gain vs random new (p)", section) == "+0.1000 (0.5)"
+    # random's final mean: 0.7 old (entropy's mean 0.7 reaches it at 30 labels), 0.8 new (at 40)
+    assert table_cell(text, "entropy", "labels to random's final old", section) == "30"
+    assert table_cell(text, "entropy", "new", section) == "40"
+    assert table_cell(text, "random", "new", section) == "40"
+    assert [line.split("|")[1].strip() for line in text.split(section, 1)[1].splitlines()
+            if line.startswith("| ") and "strategy" not in line] == ["random", "entropy"]
