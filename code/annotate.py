@@ -7,6 +7,20 @@ Workflow::
     python code/annotate.py next DATA     # merge your answers, retrain, write the next queue
     python code/annotate.py status DATA   # labels so far, class mix, cross-validated macro-F1
 
+Label Studio instead of the CSV queue (``code/al/label_studio.py`` documents the tasks)::
+
+    python code/annotate.py next DATA                            # train, write the queue
+    python code/annotate.py push DATA --label-studio URL [--label-studio-project ID]
+    # ... label the tasks in Label Studio ...
+    python code/annotate.py pull DATA --label-studio URL --label-studio-project ID
+    python code/annotate.py next DATA                            # retrain, next queue, push again
+
+The API token is read from the environment variable ``LABEL_STUDIO_API_KEY``. Without a
+server, ``push --label-studio-file tasks.json`` writes tasks to import (and the label config
+beside them) and ``pull --label-studio-file export.json`` reads the project's JSON export.
+Pulled answers get the queue's checks: unknown classes and conflicting answers are refused
+before anything is written.
+
 DATA is either
 
 * a CSV file of numeric features, one row per sample: a column ``id`` (unique sample
@@ -46,6 +60,16 @@ shape and end in a softmax over the classes.
 Every round trains a fresh model on all labels, seeded from ``--seed`` and the number of
 labels: the same labels give the same model and the same queue.
 
+Stopping: every ``next`` round also predicts a fixed *stop set* (up to 2,000 samples of the
+data, drawn from ``--seed``; their labels are never read) and records the predictions and
+their entropy in ``<name>.rounds.json`` / ``DATA/rounds.json`` beside the labels file;
+``status`` adds its cross-validated macro-F1 to the round of the current labels. ``next``
+and ``status`` then print each criterion of ``STOPPING`` (``code/al/stopping.py``) and a
+plain verdict, e.g. "predictions have been stable for 3 rounds (kappa 0.985 >= 0.98): more
+labels are unlikely to change the model". Run ``status`` after each round if you want the
+learning-curve criterion: it needs the cross-validated score of 4 rounds. The history is
+tied to the stop set and the model; with other data or another ``--model`` it starts again.
+
 ``status`` estimates the model's quality by stratified k-fold cross-validation on the labels,
 k = min(5, labels of the rarest class); classes with a single label are left out of it. The
 score is the macro-F1 of the out-of-fold predictions pooled over the folds. ``--eval PATH``
@@ -67,10 +91,11 @@ from typing import Callable
 
 import numpy as np
 
-from al import models
+from al import label_studio, models
 from al.keras_ops import configure_tensorflow, configured_threads, predict_proba
-from al.loop import train_fresh_model
-from al.runs import write_text_atomic
+from al.loop import STOP_SET_SIZE, STOP_SET_STREAM, train_fresh_model
+from al.runs import decode_uint8, encode_uint8, write_text_atomic
+from al.stopping import Round, get_criterion
 from al.strategies import STRATEGIES, entropy, get_strategy
 
 QUEUE_COLUMNS = ("rank", "id", "predicted", "confidence", "uncertainty", "label")
@@ -81,6 +106,11 @@ SIGNAL_MIN_FEATURES = 100   # --model auto: CSV rows this long are signals -> cn
 MAX_CV_FOLDS = 5
 SAMPLES_PER_EPOCH = 2048    # small labeled sets are tiled into epochs of about this size
 MAX_EXAMPLES = 5            # problems listed per error message
+DEFAULT_STRATEGY = "margin"  # README "When to stop labeling" and "Reality check" say why
+# The stopping criteria status and next read, with the thresholds README recommends.
+STOPPING = (("stabilizing_predictions", {"threshold": 0.98, "window": 3}),
+            ("overall_uncertainty", {"threshold": 0.05}),
+            ("learning_curve", {"min_gain": 0.01, "horizon": 500}))
 # Hyperparameters of the built-in models: the keys their builder in al.models reads, plus
 # epochs and fit_batch_size. CNN1D_CONFIG / CNN2D_CONFIG are the first (v1) recipe of
 # mitbih.py / mnist.py: they train in seconds on a few dozen labels and the 1-D net takes any
@@ -741,6 +771,92 @@ def next_queue(args, data: UserData, spec: ModelSpec, model, pool: np.ndarray, x
     return queue
 
 
+# =========================================================================== stopping
+def rounds_path(data: UserData) -> Path:
+    """The session's round history, beside the labels file: ``<name>.rounds.json`` / ``DATA/rounds.json``."""
+    name = data.labels_path.name
+    stem = name[: -len("labels.csv")] if name.endswith("labels.csv") else f"{data.labels_path.stem}."
+    return data.labels_path.with_name(f"{stem}rounds.json")
+
+
+def stop_set_positions(data: UserData, seed: int) -> np.ndarray:
+    """A fixed sample of the data (labeled or not; no label is read) whose predictions the
+    stopping criteria compare from round to round, drawn as the protocol's stop set."""
+    n = len(data.ids)
+    rng = np.random.default_rng([seed, STOP_SET_STREAM])
+    return np.arange(n) if n <= STOP_SET_SIZE else np.sort(rng.choice(n, STOP_SET_SIZE, replace=False))
+
+
+def stop_set_key(data: UserData, positions: np.ndarray, model_name: str) -> str:
+    """Names the stop set and model: rounds recorded under another key are not comparable."""
+    import hashlib
+    text = "\n".join([model_name, *(data.ids[k] for k in positions)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_rounds(data: UserData, key: str) -> list[dict]:
+    """Earlier rounds of this session on the same stop set and model ([] if none or another)."""
+    path = rounds_path(data)
+    if not path.exists():
+        return []
+    import json
+    try:
+        content = json.loads(path.read_text())
+        rounds = content["rounds"] if content.get("stop_set") == key else []
+        [Round(r["n_labeled"], r["n_classes"]) for r in rounds]  # the fields every round has
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise AnnotationError(f"the round history {path} is unreadable; delete it (the stopping criteria then "
+                              f"start again from the next round).") from None
+    if content.get("stop_set") != key:
+        print(f"note: {path} was recorded on other data or with another model; the stopping criteria start again")
+    return rounds
+
+
+def write_rounds(data: UserData, key: str, rounds: list[dict]) -> None:
+    import json
+    write_text_atomic(rounds_path(data), json.dumps({"stop_set": key, "rounds": rounds}, indent=1) + "\n")
+
+
+def record_round(rounds: list[dict], entry: dict) -> list[dict]:
+    """``rounds`` with ``entry`` for its label count (replacing one with the same count), in order."""
+    kept = [r for r in rounds if r["n_labeled"] != entry["n_labeled"]]
+    return sorted([*kept, entry], key=lambda r: r["n_labeled"])
+
+
+def as_rounds(rounds: list[dict]) -> list[Round]:
+    return [Round(r["n_labeled"], r["n_classes"],
+                  None if r.get("stop_set_predictions") is None else decode_uint8(r["stop_set_predictions"]),
+                  r.get("stop_set_mean_entropy"), r.get("stop_set_max_entropy"), r.get("cv_macro_f1"))
+            for r in rounds]
+
+
+def stopping_readings(rounds: list[dict]) -> dict:
+    """Each criterion of ``STOPPING`` on the history, printed with a plain verdict."""
+    history = as_rounds(rounds)
+    readings = {name: get_criterion(name, **settings).read(history) for name, settings in STOPPING}
+    print(f"stopping criteria ({len(history)} round(s) recorded in this session):")
+    for name, reading in readings.items():
+        print(f"  {name}: {reading.verdict}")
+    agree = [name for name, reading in readings.items() if reading.stop]
+    if agree:
+        print(f"verdict: {', '.join(agree)} say(s) stop: more labels are unlikely to pay; check the class mix "
+              f"and, if you have one, the --eval score before you stop")
+    else:
+        print("verdict: keep labeling (no criterion says stop yet)")
+    return {name: {"value": r.value, "stop": r.stop, "verdict": r.verdict} for name, r in readings.items()}
+
+
+def stop_set_round(data: UserData, spec: ModelSpec, model, positions: np.ndarray, n_labeled: int,
+                   n_classes: int) -> dict:
+    """What this round's model says of the stop set (no label is read)."""
+    probs = predict_proba(model, spec.prepare(data.x[positions]))
+    uncertainty = entropy(probs)
+    return {"n_labeled": n_labeled, "n_classes": n_classes,
+            "stop_set_predictions": encode_uint8(probs.argmax(axis=1)),
+            "stop_set_mean_entropy": float(uncertainty.mean()), "stop_set_max_entropy": float(uncertainty.max()),
+            "cv_macro_f1": None}
+
+
 def command_next(args) -> dict:
     """Merge the answered queue, retrain on all labels, write the next queue."""
     data, answered, classes = prepare_session(args)
@@ -759,11 +875,22 @@ def command_next(args) -> dict:
     if args.save_model and model is not None:
         model.save(Path(args.save_model).expanduser())
         print(f"model saved to {args.save_model}")
+    stopping = None
+    if model is not None:
+        positions = stop_set_positions(data, args.seed)
+        key = stop_set_key(data, positions, spec.name)
+        here = stop_set_round(data, spec, model, positions, len(y), len(classes))
+        earlier = next((r for r in read_rounds(data, key) if r["n_labeled"] == len(y)), None)
+        if earlier is not None:  # the same labels give the same model: keep the CV score status found
+            here["cv_macro_f1"] = earlier.get("cv_macro_f1")
+        rounds = record_round(read_rounds(data, key), here)
+        write_rounds(data, key, rounds)
+        stopping = stopping_readings(rounds)
     queue = next_queue(args, data, spec, model, pool, x_labeled, classes)
     return {"n_labeled": len(y), "n_new": len(new), "n_blank": n_blank, "n_unlabeled": len(pool),
             "classes": classes, "class_counts": class_mix(y, classes), "queue": queue,
             "queue_path": data.queue_path, "labels_path": data.labels_path, "model": spec.name,
-            "eval_macro_f1": eval_f1}
+            "eval_macro_f1": eval_f1, "stopping": stopping}
 
 
 def queue_state(data: UserData, labels: dict[str, str], classes: list[str]) -> str:
@@ -802,8 +929,161 @@ def command_status(args) -> dict:
         model = train(spec, x_labeled, y, len(classes), [args.seed, len(y)])
         eval_f1 = held_out_f1(eval_set, spec, model, len(classes))
         print(f"macro-F1 on {args.eval}: {eval_f1:.4f}")
+    key = stop_set_key(data, stop_set_positions(data, args.seed), spec.name)
+    rounds = read_rounds(data, key)
+    current = next((r for r in rounds if r["n_labeled"] == len(y)), None)
+    if current is not None and cv_f1 is not None and current.get("cv_macro_f1") != cv_f1:
+        current["cv_macro_f1"] = cv_f1  # the learning curve reads it
+        write_rounds(data, key, rounds)
+    if current is None and len(y):
+        print("note: the current labels have no round yet (run `next`); the criteria read the rounds so far")
+    stopping = stopping_readings(rounds)
     return {"n_labeled": len(y), "n_answered": len(answered), "class_counts": counts,
-            "cv_macro_f1": cv_f1, "cv_folds": folds, "eval_macro_f1": eval_f1}
+            "cv_macro_f1": cv_f1, "cv_folds": folds, "eval_macro_f1": eval_f1, "stopping": stopping}
+
+
+# =========================================================================== Label Studio
+def label_studio_view(data: UserData) -> str:
+    """How Label Studio shows a sample: the image, a plot of a signal, or a table of features."""
+    if data.kind == "images":
+        return "image"
+    return "plot" if data.x.shape[1] >= SIGNAL_MIN_FEATURES else "table"
+
+
+def queue_items(data: UserData, labels: dict[str, str]) -> tuple[list[label_studio.QueueItem], int]:
+    """The queue's rows still to label (no answer in the file, not labeled since): (items, n_left_out)."""
+    path = data.queue_path
+    if not path.exists():
+        raise AnnotationError(f"no queue to push: {path} does not exist. Run `next` first (it writes the "
+                              f"queue), then push it.")
+    fix = f"Repair {path} or run `next` to write a fresh queue."
+    frame = read_table(path, "queue", fix)
+    require_columns(frame, ("id", "label"), path, "queue", fix)
+    frame = frame[frame["id"] != ""]
+    pool = set(data.ids)
+    unknown = [i for i in frame["id"] if i not in pool]
+    if unknown:
+        raise AnnotationError(f"the queue {path} names ids that are not in the data: "
+                              f"{examples(map(repr, unknown))}. Run `next` to write a fresh queue.")
+    todo = frame[(frame["label"] == "") & ~frame["id"].isin(list(labels))]
+    items = [label_studio.QueueItem(row["id"], *(row.get(key, "") for key in label_studio.QUEUE_FIELDS))
+             for _, row in todo.iterrows()]
+    return items, len(frame) - len(todo)
+
+
+def label_studio_tasks(data: UserData, items: list[label_studio.QueueItem], view: str) -> list[dict]:
+    """The queue's samples as Label Studio tasks (with the queue's prediction, if any)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(data.queue_path.stat().st_mtime))
+    wanted = {item.sample_id for item in items}
+    rows = {i: data.x[k] for k, i in enumerate(data.ids) if i in wanted} if view != "image" else None
+    return label_studio.build_tasks(items, view, f"annotate.py queue of {stamp}",
+                                    image_root=Path(data.source), rows=rows,
+                                    feature_names=data.load_options.get("features"))
+
+
+def label_studio_server(args) -> label_studio.Server:
+    """The server named by --label-studio, with the token from the environment (checked)."""
+    return label_studio.Server(args.label_studio, label_studio.read_token())
+
+
+def command_push(args) -> dict:
+    """Send the queue to Label Studio: into a project on a server, or to a tasks file to import."""
+    data, answered, classes = prepare_session(args)
+    items, n_left_out = queue_items(data, {**data.given, **answered})
+    view = label_studio_view(data)
+    summary = {"n_tasks": len(items), "n_left_out": n_left_out, "view": view, "project": None}
+    try:
+        if args.label_studio_file:
+            tasks_path = Path(args.label_studio_file).expanduser()
+            config_path = label_studio.write_tasks_file(tasks_path, label_studio_tasks(data, items, view),
+                                                        label_studio.label_config(classes, view))
+            print(f"wrote {len(items)} tasks to {tasks_path} and the label config to {config_path}: create a "
+                  f"Label Studio project with that config (Settings > Labeling Interface > Code), import "
+                  f"{tasks_path.name}, label, export as JSON, then run `pull --label-studio-file EXPORT`")
+            return {**summary, "tasks_path": tasks_path, "config_path": config_path}
+        server = label_studio_server(args)
+        project, created, counts = server.push_queue(
+            args.label_studio_project, f"annotate: {Path(data.source).name}", classes, view,
+            label_studio_tasks(data, items, view))
+    except label_studio.LabelStudioError as err:
+        raise AnnotationError(str(err)) from None
+    if created:
+        print(f"created Label Studio project {project}; pass --label-studio-project {project} from now on")
+    print(f"pushed {counts['imported']} tasks to {server.project_address(project)}"
+          + (f"; removed {counts['removed']} open task(s) of the previous queue" if counts["removed"] else "")
+          + (f"; {counts['kept']} queued sample(s) already have an annotated or drafted task there "
+             f"(run `pull`)" if counts["kept"] else "")
+          + ". Sort the Data Manager by prediction score, descending: most uncertain first")
+    return {**summary, "project": project, **counts}
+
+
+def task_wording(message: str) -> str:
+    """A CSV check's message reworded for Label Studio answers (``line`` numbers are task ids there)."""
+    for old, new in ((", line ", ", task "), ("line(s) ", "task(s) "),
+                     ("an earlier row of the same file says", "another annotation there says"),
+                     ("fix that row", "fix that annotation"), ("remove their rows", "delete their tasks")):
+        message = message.replace(old, new)
+    return message
+
+
+def merge_pulled(data: UserData, answered: dict[str, str], classes: list[str], pulled) -> tuple[dict, dict]:
+    """Add Label Studio answers to the labels file (atomically), with the CSV queue's checks.
+
+    Unknown classes and answers contradicting the data, the labels file or each other are
+    refused before anything is written. Returns (all answers, new ones).
+    """
+    import pandas as pd
+    frame = pd.DataFrame({"id": [a.sample_id for a in pulled.answers],
+                          "label": [a.label for a in pulled.answers]},
+                         index=[a.task_id - 2 for a in pulled.answers], dtype=str)  # "line" = task id
+    known = {**data.given, **answered}
+    fix = "Correct the annotation in Label Studio (or the earlier label), then pull again."
+    try:
+        check_labels_known(dict(enumerate(frame["label"])), classes, pulled.where, pulled.what)
+        answers = checked_answers(frame, pulled.where, pulled.what, data, known, fix)
+    except AnnotationError as err:
+        raise AnnotationError(task_wording(str(err))) from None
+    new = {i: label for i, label in answers.items() if i not in known}
+    if new:
+        answered = {**answered, **new}
+        write_csv_atomic(data.labels_path, LABEL_COLUMNS, answered.items())
+    return answered, new
+
+
+def command_pull(args) -> dict:
+    """Merge the finished annotations of a Label Studio project (or its JSON export) into the labels."""
+    data, answered, classes = prepare_session(args)
+    try:
+        if args.label_studio_file:
+            pulled = label_studio.read_export_file(Path(args.label_studio_file).expanduser())
+        elif args.label_studio_project is None:
+            raise AnnotationError("pull needs --label-studio-project ID (the number in the project's "
+                                  "address, printed by push).")
+        else:
+            server = label_studio_server(args)
+            pulled = server.pull(args.label_studio_project, classes, label_studio_view(data))
+    except label_studio.LabelStudioError as err:
+        raise AnnotationError(str(err)) from None
+    answered, new = merge_pulled(data, answered, classes, pulled)
+    print(f"{data.description}; merged {len(new)} new label(s) from the {pulled.what} {pulled.where} into "
+          f"{data.labels_path} ({len(pulled.answers)} annotation(s) in {pulled.n_tasks} task(s); "
+          f"{pulled.n_unannotated} task(s) not annotated yet, {pulled.n_skipped} skipped)"
+          + (": run `next` to retrain and queue more" if new else ""))
+    return {"n_new": len(new), "n_answers": len(pulled.answers), "n_tasks": pulled.n_tasks,
+            "n_unannotated": pulled.n_unannotated, "n_skipped": pulled.n_skipped,
+            "labels_path": data.labels_path}
+
+
+def label_studio_options(parser: argparse.ArgumentParser, pull: bool) -> None:
+    group = parser.add_argument_group(f"Label Studio (token: environment variable {label_studio.TOKEN_ENV})")
+    where = group.add_mutually_exclusive_group(required=True)
+    where.add_argument("--label-studio", metavar="URL", help="server address, e.g. http://localhost:8080")
+    where.add_argument("--label-studio-file", metavar="PATH",
+                       help=("a project's JSON export (Export > JSON) to read" if pull else
+                             "write the tasks to this JSON file (and the label config beside it) to import"))
+    group.add_argument("--label-studio-project", metavar="ID", type=int,
+                       help=("project to pull from (required with --label-studio)" if pull else
+                             "project to push to (default: create one)"))
 
 
 # =========================================================================== command line
@@ -812,8 +1092,8 @@ def common_options() -> argparse.ArgumentParser:
     parser.add_argument("data", help="CSV file of features, or image folder with labeled/ and unlabeled/")
     parser.add_argument("--model", default="auto",
                         help="auto, mlp, cnn1d, cnn2d, or a path to a .keras model (default: auto)")
-    parser.add_argument("--strategy", default="entropy", choices=sorted(STRATEGIES),
-                        help="query strategy (default: entropy)")
+    parser.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=sorted(STRATEGIES),
+                        help=f"query strategy (default: {DEFAULT_STRATEGY})")
     parser.add_argument("--batch-size", type=int, default=20, help="samples per queue (default: 20)")
     parser.add_argument("--classes", help="comma-separated class list, fixes names and order")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -838,7 +1118,7 @@ def common_options() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python code/annotate.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{next,status}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{next,status,push,pull}")
     next_parser = commands.add_parser(
         "next", parents=[common_options()], formatter_class=argparse.RawDescriptionHelpFormatter,
         help="merge the answered queue, retrain, write the next queue",
@@ -848,6 +1128,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="labels so far, class mix, cross-validated macro-F1",
                         description="Print labels so far, the class mix, the queue's state and the "
                                     "model's cross-validated macro-F1 on the labels.")
+    push_parser = commands.add_parser(
+        "push", parents=[common_options()], help="send the queue to Label Studio (server or tasks file)",
+        description="Send the queue's samples to Label Studio as tasks, with the model's prediction and "
+                    "its uncertainty as the prediction score.")
+    label_studio_options(push_parser, pull=False)
+    pull_parser = commands.add_parser(
+        "pull", parents=[common_options()], help="merge finished Label Studio annotations into the labels",
+        description="Merge the finished annotations of a Label Studio project (or of its JSON export) into "
+                    "the labels file, with the same checks as the CSV queue.")
+    label_studio_options(pull_parser, pull=True)
     return parser
 
 
@@ -872,8 +1162,10 @@ def run(argv=None) -> dict:
     """Parse ``argv`` and run the command; returns its summary. Raises :class:`AnnotationError`."""
     args = build_parser().parse_args(argv)
     check_options(args)
-    configure_threads()
-    return command_next(args) if args.command == "next" else command_status(args)
+    if args.command in ("next", "status"):  # push and pull train nothing
+        configure_threads()
+    commands = {"next": command_next, "status": command_status, "push": command_push, "pull": command_pull}
+    return commands[args.command](args)
 
 
 def main(argv=None) -> int:

@@ -95,7 +95,7 @@ def test_help_runs_as_a_script_and_documents_the_formats():
 
 def test_first_queue_lists_unlabeled_samples_by_priority(blobs):
     data, truth = blobs
-    summary = annotate.run(["next", str(data), *FAST])
+    summary = annotate.run(["next", str(data), *FAST, "--strategy", "entropy"])
     rows = read_rows(queue_path(data))
     assert list(rows[0]) == list(QUEUE_COLUMNS)
     assert [int(r["rank"]) for r in rows] == list(range(1, 7))
@@ -124,6 +124,74 @@ def test_answers_are_merged_and_never_queued_again(blobs):
     merged = {r["id"]: r["label"] for r in read_rows(labels_path(data))}
     assert set(merged) == set(queued[:12]) and all(truth[i] == label for i, label in merged.items())
     assert data.read_bytes() == original  # the data itself is never modified
+
+
+# =========================================================================== stopping
+def rounds_file(data: Path) -> dict:
+    import json
+    return json.loads(data.with_name(data.stem + ".rounds.json").read_text())
+
+
+def test_each_round_records_the_stop_set_and_prints_every_criterion(blobs, capsys):
+    from al import runs, stopping
+    data, truth = blobs
+    for round_ in range(5):
+        summary = annotate.run(["next", str(data), *FAST])
+        answer(queue_path(data), truth)
+    out = capsys.readouterr().out
+    rounds = rounds_file(data)["rounds"]
+    assert [r["n_labeled"] for r in rounds] == [N_GIVEN + 6 * k for k in range(5)]
+    predictions = [runs.decode_uint8(r["stop_set_predictions"]) for r in rounds]
+    assert all(len(p) == N_ROWS for p in predictions)  # fewer samples than the stop set: all of them
+    assert all(0 <= r["stop_set_mean_entropy"] <= r["stop_set_max_entropy"] <= np.log(3) for r in rounds)
+    assert set(summary["stopping"]) == {name for name, _ in annotate.STOPPING}
+    # The kappa reading is that of the recorded predictions (window 3 of the last 4 rounds).
+    kappa = np.mean([stopping.agreement(a, b) for a, b in zip(predictions[1:], predictions[2:])])
+    reading = summary["stopping"]["stabilizing_predictions"]
+    assert reading["value"] == pytest.approx(kappa) and reading["stop"] == (kappa >= 0.98)
+    assert out.count("stopping criteria (") == 5 and "verdict: " in out
+    assert "learning_curve: needs cross-validated F1 of 4 rounds" in out
+
+
+def test_rerunning_a_round_replaces_it_and_status_adds_the_cross_validated_score(blobs, capsys):
+    data, truth = blobs
+    for _ in range(4):
+        annotate.run(["next", str(data), *FAST])
+        annotate.run(["status", str(data), *FAST])
+        answer(queue_path(data), truth)
+    annotate.run(["next", str(data), *FAST])          # round 5, no CV yet
+    annotate.run(["next", str(data), *FAST])          # the same labels again: replaced, not added
+    rounds = rounds_file(data)["rounds"]
+    assert [r["n_labeled"] for r in rounds] == [N_GIVEN + 6 * k for k in range(5)]
+    assert all(r["cv_macro_f1"] is not None for r in rounds[:4]) and rounds[4]["cv_macro_f1"] is None
+    summary = annotate.run(["status", str(data), *FAST])
+    assert rounds_file(data)["rounds"][4]["cv_macro_f1"] == pytest.approx(summary["cv_macro_f1"])
+    curve = summary["stopping"]["learning_curve"]
+    assert curve["value"] is not None and "the learning curve predicts" in curve["verdict"]
+
+
+def test_round_history_restarts_for_another_model_and_a_corrupt_one_is_refused(blobs, capsys):
+    data, truth = blobs
+    annotate.run(["next", str(data), *FAST])
+    key = rounds_file(data)["stop_set"]
+    path = data.with_name(data.stem + ".rounds.json")
+    path.write_text("{not json")
+    err = fails(capsys, "next", data, *FAST)
+    assert f"the round history {path} is unreadable; delete it" in err
+    path.unlink()
+    annotate.run(["next", str(data), *FAST])
+    assert rounds_file(data)["stop_set"] == key  # same data, model and seed: the same stop set
+    other = rounds_file(data) | {"stop_set": "0" * 16}
+    import json
+    path.write_text(json.dumps(other))
+    annotate.run(["next", str(data), *FAST])
+    assert "recorded on other data or with another model; the stopping criteria start again" in capsys.readouterr().out
+    assert len(rounds_file(data)["rounds"]) == 1
+
+
+def test_the_default_strategy_is_the_recommended_one():
+    args = annotate.build_parser().parse_args(["next", "data.csv"])
+    assert args.strategy == annotate.DEFAULT_STRATEGY == "margin"
 
 
 def test_blank_rows_stay_unlabeled(blobs, capsys):
