@@ -3,8 +3,10 @@
 Beats (187 samples at 125 Hz in [0, 1], classes N/S/V/F/Q) come from the Kaggle CSVs or
 are built from the PhysioNet records (see ``al/data_mitbih.py``). ``--split intra``
 (default) reproduces the published 80/20 beat split; ``--split inter`` is the patient-wise
-DS1/DS2 split and writes to ``results/mitbih_inter/``. Every UPPER_CASE constant below is a
-hyperparameter and a command-line option (``python code/mitbih.py --help``). The training
+DS1/DS2 split and writes to ``results/mitbih_inter/``. ``--rr-features 1`` adds each beat's
+RR-interval features (records only) and writes to ``results/mitbih_rr/`` (``mitbih_inter_rr/``).
+Every UPPER_CASE constant below is a hyperparameter and a command-line option
+(``python code/mitbih.py --help``). The training
 recipe was chosen on the development split by ``code/recipe_search.py`` (README "Training
 recipe"); the first recipe's results are in ``results/recipe_v1/``.
 """
@@ -18,6 +20,8 @@ from al.data_mitbih import load_mitbih
 # --- data
 SPLIT = "intra"        # "intra": stratified 80/20 over beats; "inter": patients DS1 -> DS2
 DEV_SIZE = 10000       # beats held out of the pool as the development split (recipe search only)
+RR_FEATURES = 0        # 1: append each beat's 7 RR features (pre/post/local/record-mean RR, ratios;
+                       # needs the raw records) and feed them to the dense layers; results in *_rr/
 # --- active-learning protocol
 START_SIZE = 256
 BATCH_SIZE = 128
@@ -57,14 +61,22 @@ BN_MOMENTUM = 0.9
 
 
 def load_data(config, data_dir=None):
-    data = load_mitbih(data_dir, split=config["split"])
-    # Conv1D wants a channel axis: (n, 187) -> (n, 187, 1).
+    rr_features = config.get("rr_features", 0)
+    if rr_features not in (0, 1):
+        raise ValueError(f"--rr-features must be 0 (off) or 1 (on), got {rr_features!r}")
+    if rr_features and config["architecture"] not in models.RR_ARCHITECTURES:
+        raise ValueError(f"--rr-features 1 needs --architecture {' or '.join(models.RR_ARCHITECTURES)}, "
+                         f"got {config['architecture']!r}")
+    data = load_mitbih(data_dir, split=config["split"], rr_features=bool(rr_features))
+    # Conv1D wants a channel axis: (n, 187) -> (n, 187, 1); with RR features (n, 187 + 7, 1),
+    # the model splitting them off again (code/al/models.py).
     data = dataclasses.replace(data, x_train=data.x_train[..., None], x_test=data.x_test[..., None])
     return hold_out_dev(data, config["dev_size"])[0]
 
 
 def results_name(config):
-    return "mitbih" if config["split"] == "intra" else f"mitbih_{config['split']}"
+    name = "mitbih" if config["split"] == "intra" else f"mitbih_{config['split']}"
+    return f"{name}_rr" if config.get("rr_features") else name
 
 
 build_model = models.build  # the builder named by ARCHITECTURE (code/al/models.py)

@@ -198,6 +198,27 @@ def test_broken_record_in_records_dir_fails_load(records_dir, tmp_path):
         load_mitbih(data_dir=tmp_path, cache_dir=tmp_path / "cache", download=False)
 
 
+def test_rr_features_of_the_real_records(full_build, records_dir):
+    cache_dir, _ = full_build
+    plain = load_mitbih(data_dir=records_dir, split="inter", cache_dir=cache_dir, download=False)
+    with_rr = load_mitbih(data_dir=records_dir, split="inter", cache_dir=cache_dir, download=False,
+                          rr_features=True)
+    n_rr = len(data_mitbih.RR_FEATURE_NAMES)
+    assert with_rr.x_train.shape == (len(plain.y_train), BEAT_LENGTH + n_rr)
+    assert np.array_equal(with_rr.x_train[:, :BEAT_LENGTH], plain.x_train)
+    assert np.array_equal(with_rr.y_train, plain.y_train) and np.array_equal(with_rr.y_test, plain.y_test)
+    assert (cache_dir / f"mitbih_rr_{data_mitbih.RR_HASH}.npz").is_file()
+    # Record 100's pre-RR, from its annotations read here independently.
+    annotation = wfdb.rdann(str(records_dir / "100"), "atr")
+    seconds = annotation.sample[[s in AAMI_CLASS for s in annotation.symbol]] / 360.0
+    features = data_mitbih.build_rr_features(records_dir / "100")
+    np.testing.assert_allclose(features[1:, 0], np.diff(seconds))
+    np.testing.assert_allclose(features[:, 3], np.diff(seconds).mean())
+    # The rhythm is there: S beats come early (pre-RR below the record's mean), N beats do not.
+    pre_ratio = np.exp(with_rr.x_train[:, BEAT_LENGTH + data_mitbih.RR_FEATURE_NAMES.index("pre_rr_ratio")])
+    assert np.median(pre_ratio[with_rr.y_train == 1]) < 0.8 < np.median(pre_ratio[with_rr.y_train == 0])
+
+
 # ----------------------------------------------------------------------------- splits
 
 

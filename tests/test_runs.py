@@ -136,6 +136,14 @@ def test_config_differences_list_every_differing_key():
     assert runs.config_differences({"a": 1}, {"a": 1}) == []
 
 
+def test_a_key_added_later_matches_runs_that_lack_it_only_at_its_old_behaviour_value():
+    # rr_features arrived after the first MIT-BIH runs: those ran without RR features
+    assert runs.LATER_KEYS == {"rr_features": 0}
+    assert runs.differing_keys({"a": 1}, {"a": 1, "rr_features": 0}) == []
+    assert runs.config_differences({"a": 1}, {"a": 1, "rr_features": 1}) == ["rr_features: None on disk vs 1 now"]
+    assert runs.differing_keys({"a": 1, "rr_features": 1}, {"a": 1}) == ["rr_features"]
+
+
 def test_data_difference_compares_the_content_hash(synthetic_dataset):
     provenance = synthetic_dataset.provenance()
     same = {"provenance": {"data": dict(provenance)}}

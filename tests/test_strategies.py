@@ -220,11 +220,12 @@ def test_strategy_declares_whether_it_uses_the_model(name):
         assert len(select(name, Untouchable(), feature_pool(20), 5)) == 5
 
 
-USES_LABELED = {"coreset"}  # the labeled samples are its initial centers; the others ignore them
+USES_LABELED = {"coreset",  # the labeled samples are its initial centers
+                "typiclust", "typiclust_pca", "typiclust_model"}  # they cover clusters; the others ignore them
 
 
 @pytest.mark.parametrize("name", ALL_STRATEGIES)
-def test_only_coreset_depends_on_the_labeled_samples(name, real_model):
+def test_only_coreset_and_typiclust_depend_on_the_labeled_samples(name, real_model):
     without = select(name, real_model, feature_pool(50), 10, x_labeled=NO_LABELED)
     with_labeled = select(name, real_model, feature_pool(50), 10, x_labeled=LABELED)
     assert (not np.array_equal(without, with_labeled)) == (name in USES_LABELED)
@@ -266,7 +267,8 @@ def test_get_strategy_unknown_name_lists_the_known_ones():
 
 def test_registry_holds_every_documented_strategy():
     assert set(STRATEGIES) == {"random", "entropy", "least_confidence", "margin", "bald", "entropy_mc",
-                               "coreset", "badge"}
+                               "coreset", "badge",
+                               "typiclust", "typiclust_pca", "typiclust_model"}
 
 
 # --------------------------------------------------------------------------- bald / entropy_mc scores

@@ -15,9 +15,10 @@ holding either of these wins:
   compressed ``.npz`` in ``cache_dir`` (default ``<repo>/data/mitbih/``), named after a
   hash of the recipe, so changing the recipe never reuses a stale cache.
 
-A directory with both serves ``intra`` from the CSVs (the published split) and ``inter``
-from the records. With nothing found, the records are downloaded from PhysioNet with
-``wfdb.dl_database`` into ``<repo>/data/mitbih/mitdb`` (if ``download``).
+A directory with both serves ``intra`` from the CSVs (the published split), and ``inter``
+and the RR features (``rr_features=True``) from the records. With nothing found, the
+records are downloaded from PhysioNet with ``wfdb.dl_database`` into
+``<repo>/data/mitbih/mitdb`` (if ``download``).
 
 Beat recipe (Kachuee et al. 2018, "ECG Heartbeat Classification: A Deep Transferable
 Representation", section III.A), and the choices made where the paper is vague
@@ -45,6 +46,40 @@ Representation", section III.A), and the choices made where the paper is vague
    beats run past their window, 1.4% have some clipped samples, and 0.8% of the samples
    past a window end are clipped. A span running past the end of the record is cut there
    and zero-padded.
+
+RR (rhythm) features, with ``rr_features=True``
+-----------------------------------------------
+The beat above is cut at its R-peak and rescaled, so it carries little of the rhythm that
+tells premature (S, V) beats apart; the standard remedy in this literature (de Chazal,
+O'Dwyer & Reilly 2004, "Automatic classification of heartbeats using ECG morphology and
+heartbeat interval features"; Mondejar-Guerra et al. 2019, "Heartbeat classification fusing
+temporal and morphological information of ECGs via ensemble of classifiers") adds RR
+intervals. Here, per beat, in this order (:data:`RR_FEATURE_NAMES`), in seconds:
+
+1. ``pre_rr``: time since the previous beat; 2. ``post_rr``: time to the next beat;
+3. ``local_rr``: mean of the ``RR_LOCAL_INTERVALS`` (10) RR intervals around the beat, the
+   5 ending at or before it (the last is ``pre_rr``) and the 5 starting at it (the first is
+   ``post_rr``); 4. ``record_mean_rr``: mean of all RR intervals of the record;
+5.-7. ``pre_rr``, ``post_rr`` and ``local_rr`` each divided by ``record_mean_rr``.
+
+They come only from the positions (``sample / fs``, at the original 360 Hz) of the same
+record's beat annotations, the same AAMI beats as above in the same order: no labels, no
+other patient. Edges: the first beat of a record has no ``pre_rr`` and takes its
+``post_rr``; the last has no ``post_rr`` and takes its ``pre_rr``; near a record's ends the
+``local_rr`` window is clipped to the intervals that exist (the first beat averages the 5
+intervals after it). Intervals span whatever is not an AAMI beat annotation (e.g. the
+100 s ventricular-flutter episode of record 207), as the annotations give them. They are
+cached in ``cache_dir`` next to the beats, as ``mitbih_rr_<RR_HASH>.npz``;
+:data:`RR_HASH` covers the beat recipe and :data:`RR_RECIPE`, so a change of either builds
+them again.
+
+Model input: the natural log of each feature (:func:`rr_model_inputs`), appended to the
+beat's 187 samples, so ``x`` has ``BEAT_LENGTH + len(RR_FEATURE_NAMES)`` columns. The log
+needs no statistics of any data: 0.8 s maps to -0.22, a ratio of 1 to 0, premature (ratio
+0.6) and late (1.6) beats lie symmetrically at -0.51 and +0.47, and rare long pauses stay
+moderate (100 s: 4.6), on the scale of the beat samples in [0, 1].
+
+The Kaggle CSVs have no beat positions, so ``rr_features`` needs the raw records.
 
 Splits
 ------
@@ -115,6 +150,30 @@ RECIPE = {
 }
 RECIPE_HASH = hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode()).hexdigest()[:10]
 
+# RR (rhythm) features of each beat (module docstring, "RR (rhythm) features").
+RR_FEATURE_NAMES = ("pre_rr", "post_rr", "local_rr", "record_mean_rr",
+                    "pre_rr_ratio", "post_rr_ratio", "local_rr_ratio")
+RR_LOCAL_INTERVALS = 10
+# Bump when the RR features change in a way RR_RECIPE does not capture.
+RR_RECIPE_VERSION = 1
+RR_RECIPE = {
+    "version": RR_RECIPE_VERSION,
+    "beats": RECIPE_HASH,  # the same beats (records, symbols), in the same order
+    "features": RR_FEATURE_NAMES,
+    "units": "seconds, from annotation sample / fs",
+    "local_intervals": RR_LOCAL_INTERVALS,
+    "edges": "first beat: pre_rr = post_rr; last beat: post_rr = pre_rr; local window clipped",
+    "model_input": "natural log of each feature",
+}
+
+
+def recipe_hash(recipe):
+    """Short content hash of a recipe dict: the cache-file key (as ``RECIPE_HASH``)."""
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
+
+
+RR_HASH = recipe_hash(RR_RECIPE)
+
 CSV_NAMES = ("mitbih_train.csv", "mitbih_test.csv")
 HOW_TO_GET_DATA = (
     "Get the data in one of two ways:\n"
@@ -177,9 +236,15 @@ def _read_record(record_path_prefix):
         raise DataCorruptError(
             f"MIT-BIH record {prefix}: the {LEAD} signal has invalid samples; re-download it."
         )
+    beat_samples, beat_symbols = _beat_annotations(annotation)
+    return signal, float(record.fs), beat_samples, beat_symbols
+
+
+def _beat_annotations(annotation):
+    """Sample indices and symbols of the AAMI beat annotations of a ``wfdb.Annotation``."""
     is_beat = np.array([symbol in CLASS_OF_SYMBOL for symbol in annotation.symbol], dtype=bool)
     beat_symbols = [s for s, keep in zip(annotation.symbol, is_beat) if keep]
-    return signal, float(record.fs), annotation.sample[is_beat], beat_symbols
+    return annotation.sample[is_beat], beat_symbols
 
 
 def _window_ranges(signal, window_len):
@@ -279,6 +344,107 @@ def build_all_beats(mitdb_dir, records=None):
     return np.concatenate(xs), np.concatenate(ys), record_ids
 
 
+# ----------------------------------------------------------------------------- RR features
+
+
+def rr_features_from_positions(beat_seconds):
+    """RR features of the beats of one record from their positions (module docstring).
+
+    Parameters
+    ----------
+    beat_seconds : array_like
+        Time of each beat of the record in seconds, strictly increasing, at least two.
+
+    Returns
+    -------
+    np.ndarray
+        float64, shape (n_beats, len(RR_FEATURE_NAMES)), columns in ``RR_FEATURE_NAMES``
+        order: seconds for the first four, ratios to ``record_mean_rr`` for the last three.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two beats, or positions that are not strictly increasing.
+    """
+    t = np.asarray(beat_seconds, dtype=np.float64)
+    if t.ndim != 1 or len(t) < 2:
+        raise ValueError(f"RR features need the positions of at least two beats, got shape {t.shape}")
+    rr = np.diff(t)
+    if not (rr > 0).all():
+        first = int(np.flatnonzero(~(rr > 0))[0])
+        raise ValueError(f"beat positions must be strictly increasing; beat {first + 1} at "
+                         f"{t[first + 1]} s does not follow beat {first} at {t[first]} s")
+    pre = np.r_[rr[0], rr]     # the first beat has no predecessor: its post-RR stands in
+    post = np.r_[rr, rr[-1]]   # the last beat has no successor: its pre-RR stands in
+    # Beat i lies between intervals i - 1 (pre) and i (post); its window is intervals
+    # i - half .. i + half - 1, clipped to 0 .. n - 2.
+    half = RR_LOCAL_INTERVALS // 2
+    index = np.arange(len(t))
+    low, high = np.maximum(index - half, 0), np.minimum(index + half, len(rr))
+    cumulative = np.r_[0.0, np.cumsum(rr)]
+    local = (cumulative[high] - cumulative[low]) / (high - low)
+    mean = np.full(len(t), rr.mean())
+    return np.stack([pre, post, local, mean, pre / mean, post / mean, local / mean], axis=1)
+
+
+def build_rr_features(record_path_prefix):
+    """RR features of every beat of one record, in the order of :func:`build_beats`.
+
+    Reads only the header (sampling rate) and the beat annotations ``.atr``.
+
+    Returns
+    -------
+    np.ndarray
+        float64, shape (n_beats, len(RR_FEATURE_NAMES)); see :func:`rr_features_from_positions`.
+
+    Raises
+    ------
+    DataCorruptError
+        A file is missing or unreadable, or the record has fewer than two beats or beats
+        out of order.
+    """
+    prefix = Path(record_path_prefix)
+    _require_files([prefix.parent / f"{prefix.name}.hea", prefix.parent / f"{prefix.name}.atr"],
+                   prefix.name)
+    try:
+        fs = float(wfdb.rdheader(str(prefix)).fs)
+        annotation = wfdb.rdann(str(prefix), "atr")
+    except Exception as exc:  # wfdb raises many types for malformed files
+        raise DataCorruptError(
+            f"MIT-BIH record {prefix} cannot be read ({type(exc).__name__}: {exc}); "
+            "re-download it with wfdb.dl_database('mitdb', <directory>)."
+        ) from exc
+    beat_samples, _ = _beat_annotations(annotation)
+    try:
+        return rr_features_from_positions(beat_samples / fs)
+    except ValueError as exc:
+        raise DataCorruptError(
+            f"MIT-BIH record {prefix}: no RR features from its beat annotations ({exc}); "
+            "re-download its .atr file."
+        ) from exc
+
+
+def build_all_rr_features(mitdb_dir, records=None):
+    """RR features of several records, concatenated in record order like :func:`build_all_beats`.
+
+    Returns
+    -------
+    rr : np.ndarray
+        float64, shape (n_beats, len(RR_FEATURE_NAMES)).
+    record_ids : np.ndarray
+        int64 record number of each beat.
+    """
+    records = ALL_RECORDS if records is None else tuple(records)
+    parts = [build_rr_features(Path(mitdb_dir) / str(record)) for record in records]
+    record_ids = np.repeat(np.asarray(records, dtype=np.int64), [len(p) for p in parts])
+    return np.concatenate(parts), record_ids
+
+
+def rr_model_inputs(rr):
+    """What the model sees of the RR features: their natural log, float32 (module docstring)."""
+    return np.log(np.asarray(rr, dtype=np.float64)).astype(np.float32)
+
+
 # ----------------------------------------------------------------------------- cache
 
 
@@ -320,6 +486,46 @@ def _cached_beats(records_dir, cache_dir):
         warnings.warn(f"Could not write the beat cache {cache_path} ({exc}); the beats will be "
                       "rebuilt next time. Pass a writable cache_dir to avoid that.")
     return x, y, record_ids, cache_path
+
+
+def _load_rr_cache(cache_path, record_ids):
+    """RR features from ``cache_path`` if it belongs to the beats of ``record_ids``, else None."""
+    if not cache_path.is_file():
+        return None
+    try:
+        with np.load(cache_path) as cache:
+            if json.loads(str(cache["recipe"])) != json.loads(json.dumps(RR_RECIPE)):
+                raise ValueError("it was built with another RR recipe")
+            rr = cache["rr"]
+            if not np.array_equal(cache["record_ids"], record_ids) or rr.shape != (
+                    len(record_ids), len(RR_FEATURE_NAMES)):
+                raise ValueError("its beats are not those of the beat cache")
+            return rr
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        warnings.warn(f"Ignoring the unreadable RR feature cache {cache_path} ({exc}); rebuilding it.")
+        return None
+
+
+def _cached_rr_features(records_dir, cache_dir, record_ids, beat_cache_path):
+    """RR features of the beats of ``record_ids`` (all records), cached next to the beats."""
+    cache_path = cache_dir / f"mitbih_rr_{RR_HASH}.npz"
+    rr = _load_rr_cache(cache_path, record_ids)
+    if rr is not None:
+        return rr, cache_path
+    rr, rr_record_ids = build_all_rr_features(records_dir)
+    if not np.array_equal(rr_record_ids, record_ids):
+        raise DataCorruptError(
+            f"The beat annotations in {records_dir} give other beats than the beat cache "
+            f"{beat_cache_path} holds ({len(rr_record_ids)} vs {len(record_ids)} beats), so the "
+            "cache was built from another copy of mitdb. Delete that cache file to rebuild it."
+        )
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _save_npz_atomically(cache_path, rr=rr, record_ids=record_ids, recipe=json.dumps(RR_RECIPE))
+    except OSError as exc:
+        warnings.warn(f"Could not write the RR feature cache {cache_path} ({exc}); the features "
+                      "will be rebuilt next time. Pass a writable cache_dir to avoid that.")
+    return rr, cache_path
 
 
 # ----------------------------------------------------------------------------- lookup
@@ -403,18 +609,40 @@ def _split_indices(y, record_ids, split, split_seed=0, test_fraction=0.2):
     return np.flatnonzero(np.isin(record_ids, DS1)), np.flatnonzero(np.isin(record_ids, DS2))
 
 
-def _load_records(records_dir, cache_dir, split, split_seed, test_fraction):
+def _load_records(records_dir, cache_dir, split, split_seed, test_fraction, rr_features=False):
     x, y, record_ids, cache_path = _cached_beats(records_dir, cache_dir)
     train, test = _split_indices(y, record_ids, split, split_seed, test_fraction)
     how = (f"intra-patient split, seed {split_seed}, test fraction {test_fraction}"
            if split == "intra" else "inter-patient split DS1/DS2, paced records excluded")
-    source = f"mitdb records at {records_dir} (beats cached in {cache_path}; {how})"
+    cached, recipe = f"beats cached in {cache_path}", f"beat recipe {RECIPE_HASH}"
+    if rr_features:
+        rr, rr_cache_path = _cached_rr_features(records_dir, cache_dir, record_ids, cache_path)
+        x = np.concatenate([x, rr_model_inputs(rr)], axis=1)
+        cached += f", RR features in {rr_cache_path}"
+        recipe += f", RR features {RR_HASH} (log, appended)"
+    source = f"mitdb records at {records_dir} ({cached}; {how})"
     return Dataset(x[train], y[train], x[test], y[test], class_names=CLASS_NAMES, source=source,
-                   origin=f"PhysioNet mitdb records, beat recipe {RECIPE_HASH}, {how}")
+                   origin=f"PhysioNet mitdb records, {recipe}, {how}")
+
+
+def _csv_only_message(directory, split, rr_features):
+    """Why the Kaggle CSVs in ``directory`` cannot serve this request, and what to do."""
+    records = directory / "mitdb"
+    get_records = (f"Put the records in {records} (wfdb.dl_database('mitdb', '{records}') or "
+                   "https://physionet.org/content/mitdb/1.0.0/)")
+    if split == "inter":
+        return (f"Found only the Kaggle CSVs in {directory}, but split='inter' (patient-wise) needs "
+                f"the raw mitdb records, whose record numbers the CSVs lack. {get_records}, or use "
+                "split='intra'.")
+    return (f"Found only the Kaggle CSVs in {directory}, but the RR features (rr_features=True, "
+            "--rr-features 1) need the raw mitdb records: RR intervals are computed from the "
+            "positions of the beat annotations, and the CSVs hold only each beat's 187 samples, "
+            f"without positions or record numbers. {get_records}, or turn the RR features off "
+            "(rr_features=False, --rr-features 0).")
 
 
 def load_mitbih(data_dir=None, split="intra", cache_dir=None, split_seed=0,
-                test_fraction=0.2, download=True):
+                test_fraction=0.2, download=True, rr_features=False):
     """MIT-BIH beats (AAMI classes) as a train pool and a test set.
 
     Parameters
@@ -433,11 +661,17 @@ def load_mitbih(data_dir=None, split="intra", cache_dir=None, split_seed=0,
         Test share of the intra-patient split.
     download : bool
         Download the records from PhysioNet when no local copy is found.
+    rr_features : bool
+        Append the beat's RR features (module docstring): columns ``BEAT_LENGTH`` on of ``x``
+        hold ``rr_model_inputs`` of the ``RR_FEATURE_NAMES``. Needs the raw records.
 
     Returns
     -------
     data_common.Dataset
-        x float32 (n, BEAT_LENGTH) in [0, 1], y int64 indices into ``CLASS_NAMES``.
+        x float32 (n, BEAT_LENGTH) in [0, 1] (``rr_features``: (n, BEAT_LENGTH +
+        len(RR_FEATURE_NAMES)), the beat then its RR features), y int64 indices into
+        ``CLASS_NAMES``. The beats, labels and split are the same with and without
+        ``rr_features``.
 
     Raises
     ------
@@ -445,7 +679,7 @@ def load_mitbih(data_dir=None, split="intra", cache_dir=None, split_seed=0,
         Unknown ``split``.
     DataNotFoundError
         No data found (and the download failed or was not allowed), or only the CSVs
-        were found but ``split="inter"``.
+        were found but ``split="inter"`` or ``rr_features``.
     DataCorruptError
         A data file is incomplete or malformed.
     """
@@ -454,21 +688,16 @@ def load_mitbih(data_dir=None, split="intra", cache_dir=None, split_seed=0,
     cache_dir = (resolve_repo_path(cache_dir) if cache_dir is not None
                  else data_common.DEFAULT_DATA_ROOT / "mitbih")
     tried = candidate_dirs("mitbih", data_dir)
+    needs_records = split == "inter" or bool(rr_features)
     for directory in tried:
         csv_paths, records_dir = _csv_paths(directory), _records_dir(directory)
-        if csv_paths and split == "intra":
+        if csv_paths and not needs_records:
             return _load_csvs(*csv_paths)
         if records_dir:
-            return _load_records(records_dir, cache_dir, split, split_seed, test_fraction)
+            return _load_records(records_dir, cache_dir, split, split_seed, test_fraction, rr_features)
         if csv_paths:
-            raise DataNotFoundError(
-                f"Found only the Kaggle CSVs in {directory}, but split='inter' (patient-wise) "
-                "needs the raw mitdb records, whose record numbers the CSVs lack. Put the "
-                f"records in {directory / 'mitdb'} (wfdb.dl_database('mitdb', "
-                f"'{directory / 'mitdb'}') or https://physionet.org/content/mitdb/1.0.0/), "
-                "or use split='intra'."
-            )
+            raise DataNotFoundError(_csv_only_message(directory, split, rr_features))
     if not download:
         raise DataNotFoundError(_not_found_message(tried) + "\n(Download was not allowed.)")
     records_dir = _download_records(tried)
-    return _load_records(records_dir, cache_dir, split, split_seed, test_fraction)
+    return _load_records(records_dir, cache_dir, split, split_seed, test_fraction, rr_features)

@@ -13,6 +13,14 @@ that reproduces the original recipe:
 
 Augmentation runs inside the model, so inference (evaluation, every strategy's scoring,
 embeddings and MC passes) never sees it.
+
+RR features (MIT-BIH, ``rr_features`` 1; :mod:`al.data_mitbih`): the last
+``len(RR_FEATURE_NAMES)`` positions of the time axis of each input hold the beat's RR
+features, not samples, so that the data stay one array. :func:`ecg_resnet` and
+:func:`ecg_cnn` then crop the input into the beat (their usual trunk, augmentation included)
+and the RR vector (a Dense layer of ``RR_BRANCH_UNITS`` ReLU units, never augmented), and
+concatenate the pooled beat features with it before the dense layers. The other builders
+refuse the option (:data:`RR_ARCHITECTURES`).
 """
 
 from __future__ import annotations
@@ -39,6 +47,45 @@ def compile_model(model, config: dict, n_classes: int):
         loss = "sparse_categorical_crossentropy"
     model.compile(optimizer=optimizer, loss=loss)
     return model
+
+
+RR_ARCHITECTURES = ("ecg_resnet", "ecg_cnn")  # the builders that take RR features
+RR_BRANCH_UNITS = 16
+
+
+# Trailing input positions that hold a beat's RR features: len(al.data_mitbih.RR_FEATURE_NAMES)
+# (a test keeps the two equal; the builders do not import the data module and its readers).
+RR_FEATURE_COUNT = 7
+
+
+def rr_input_count(config, input_shape) -> int:
+    """Trailing input positions that hold RR features: 0 unless ``config["rr_features"]``.
+
+    Raises ValueError for an input too short to hold a beat and the RR features, or not of
+    shape (length, channels).
+    """
+    if not config.get("rr_features"):
+        return 0
+    n_rr = RR_FEATURE_COUNT
+    if len(input_shape) != 2 or input_shape[0] <= n_rr:
+        raise ValueError(f"rr_features needs inputs of shape (beat length + {n_rr}, channels), the "
+                         f"beat then its {n_rr} RR features, got {tuple(input_shape)}; load the data "
+                         "with rr_features too (al.data_mitbih.load_mitbih(rr_features=True)).")
+    return n_rr
+
+
+def _split_beat_and_rr(inputs, n_rr):
+    """The beat (all but the last ``n_rr`` positions) and the flat RR vector of ``inputs``."""
+    from keras import layers
+    length = int(inputs.shape[1])
+    beat = layers.Cropping1D((0, n_rr), name="beat")(inputs)
+    rr = layers.Flatten(name="rr")(layers.Cropping1D((length - n_rr, 0), name="rr_positions")(inputs))
+    return beat, rr
+
+
+def _rr_branch(rr):
+    from keras import layers
+    return layers.Dense(RR_BRANCH_UNITS, activation="relu", name="rr_dense")(rr)
 
 
 @lru_cache(maxsize=1)
@@ -120,6 +167,41 @@ def mnist_cnn(config, input_shape, n_classes):
     return compile_model(model, config, n_classes)
 
 
+def cifar_cnn(config, input_shape, n_classes):
+    """A small VGG-style CNN for 32 x 32 colour images (CIFAR-10); Adam.
+
+    Per entry of ``conv_filters`` a block of two Conv2D 3x3 (same padding), each followed by
+    BatchNormalization (when ``batch_norm``) and ReLU, then MaxPooling2D; then global average
+    pooling, Dropout, a Dense(``dense_units``) ReLU layer, Dropout and the softmax layer.
+
+    Keys: ``conv_filters``, ``batch_norm``, ``dense_units``, ``dropout``, ``learning_rate``;
+    recipe keys as for :func:`mnist_cnn`, and with ``augment``: ``augment_flip`` (1: random
+    horizontal flips), ``augment_shift`` and ``augment_rotation`` (as :func:`mnist_cnn`).
+    """
+    import keras
+    from keras import layers
+
+    model = keras.Sequential([keras.Input(shape=input_shape)])
+    if config.get("augment"):
+        if config.get("augment_flip"):
+            model.add(layers.RandomFlip("horizontal"))
+        for layer in _image_augment_layers(config):
+            model.add(layer)
+    for filters in config["conv_filters"]:
+        for _ in range(2):
+            model.add(layers.Conv2D(int(filters), 3, padding="same"))
+            if config.get("batch_norm"):
+                model.add(layers.BatchNormalization())
+            model.add(layers.Activation("relu"))
+        model.add(layers.MaxPooling2D())
+    model.add(layers.GlobalAveragePooling2D())
+    model.add(layers.Dropout(config["dropout"]))
+    model.add(layers.Dense(int(config["dense_units"]), activation="relu"))
+    model.add(layers.Dropout(config["dropout"]))
+    model.add(layers.Dense(n_classes, activation="softmax"))
+    return compile_model(model, config, n_classes)
+
+
 def ecg_cnn(config, input_shape, n_classes):
     """Conv blocks (two Conv1D + pooling), global max pool, dense layers, softmax; Adam.
 
@@ -128,12 +210,14 @@ def ecg_cnn(config, input_shape, n_classes):
     block), ``dense_units`` (a list), ``learning_rate``; optional ``stem_pool`` (k > 1: a
     MaxPooling1D(k) before the first convolution, so every layer runs on a k times shorter
     signal), ``augment`` with ``augment_shift`` (samples), ``augment_scale``,
-    ``augment_wander``, ``augment_noise``.
+    ``augment_wander``, ``augment_noise``; ``rr_features`` (module docstring: a functional
+    model whose trunk sees the beat and whose dense layers also see the RR branch).
     """
     import keras
     from keras import layers
 
-    model = keras.Sequential([keras.Input(shape=input_shape)])
+    n_rr = rr_input_count(config, input_shape)
+    model = keras.Sequential([keras.Input(shape=(input_shape[0] - n_rr, *input_shape[1:]))])
     if config.get("augment"):
         model.add(_ecg_augment_class()(config.get("augment_shift", 0), config.get("augment_scale", 0.0),
                                        config.get("augment_wander", 0.0), config.get("augment_noise", 0.0)))
@@ -148,6 +232,16 @@ def ecg_cnn(config, input_shape, n_classes):
             model.add(layers.Activation("relu"))
         model.add(layers.GlobalMaxPooling1D() if i == len(blocks) - 1 else layers.MaxPooling1D(2))
         model.add(layers.Dropout(config["dropout"]))
+    if n_rr:
+        inputs = keras.Input(shape=input_shape)
+        h, rr = _split_beat_and_rr(inputs, n_rr)
+        for layer in model.layers:  # the trunk built above, now on the beat part
+            h = layer(h)
+        h = layers.Concatenate()([h, _rr_branch(rr)])
+        for units in config["dense_units"]:
+            h = layers.Dense(int(units), activation="relu")(h)
+        outputs = layers.Dense(n_classes, activation="softmax")(h)
+        return compile_model(keras.Model(inputs, outputs), config, n_classes)
     for units in config["dense_units"]:
         model.add(layers.Dense(int(units), activation="relu"))
     model.add(layers.Dense(n_classes, activation="softmax"))
@@ -162,13 +256,15 @@ def ecg_resnet(config, input_shape, n_classes):
 
     Keys: ``res_filters`` (f; the paper: 32), ``res_blocks`` (the paper: 5), ``dropout``
     (before the dense layers, so that the MC-dropout strategies apply; the paper has none),
-    ``learning_rate``; recipe keys as for :func:`ecg_cnn` (``augment``...).
+    ``learning_rate``; recipe keys as for :func:`ecg_cnn` (``augment``...); ``rr_features``
+    (module docstring: the RR branch joins the flattened features before the dropout).
     """
     import keras
     from keras import layers
 
     inputs = keras.Input(shape=input_shape)
-    x = inputs
+    n_rr = rr_input_count(config, input_shape)
+    x, rr = _split_beat_and_rr(inputs, n_rr) if n_rr else (inputs, None)
     if config.get("augment"):
         x = _ecg_augment_class()(config.get("augment_shift", 0), config.get("augment_scale", 0.0),
                                  config.get("augment_wander", 0.0), config.get("augment_noise", 0.0))(x)
@@ -180,6 +276,8 @@ def ecg_resnet(config, input_shape, n_classes):
         x = layers.Activation("relu")(layers.Add()([x, h]))
         x = layers.MaxPooling1D(5, strides=2)(x)
     x = layers.Flatten()(x)
+    if rr is not None:
+        x = layers.Concatenate()([x, _rr_branch(rr)])
     x = layers.Dropout(config.get("dropout", 0.0))(x)
     x = layers.Dense(32, activation="relu")(x)
     x = layers.Dense(32, activation="relu")(x)
@@ -227,7 +325,7 @@ def mlp(config, input_shape, n_classes):
     return compile_model(model, config, n_classes)
 
 
-ARCHITECTURES = {"mnist_cnn": mnist_cnn, "ecg_cnn": ecg_cnn, "ecg_resnet": ecg_resnet,
+ARCHITECTURES = {"mnist_cnn": mnist_cnn, "cifar_cnn": cifar_cnn, "ecg_cnn": ecg_cnn, "ecg_resnet": ecg_resnet,
                  "published_ecg_cnn": published_ecg_cnn, "mlp": mlp}
 
 
@@ -238,4 +336,7 @@ def build(config, input_shape, n_classes):
     except KeyError:
         raise ValueError(f"unknown architecture {config.get('architecture')!r}; choose from "
                          f"{', '.join(ARCHITECTURES)}") from None
+    if config.get("rr_features") and config["architecture"] not in RR_ARCHITECTURES:
+        raise ValueError(f"architecture {config['architecture']!r} takes no RR features; use one of "
+                         f"{', '.join(RR_ARCHITECTURES)} with rr_features, or turn rr_features off")
     return builder(config, input_shape, n_classes)

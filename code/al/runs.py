@@ -334,8 +334,17 @@ def run_files(folder: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- comparing
+# Hyperparameters added after run files were first written, each with the value that does
+# what the code did before the key existed: a run file without the key ran with that value.
+LATER_KEYS = {"rr_features": 0}
+
+
 def differing_keys(old: dict, new: dict) -> list[str]:
-    return [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    """Keys whose values differ between config ``old`` (on disk) and ``new``; a key of
+    ``LATER_KEYS`` that ``old`` lacks counts as its old-behaviour value."""
+    def value(config, k):
+        return config.get(k, LATER_KEYS.get(k))
+    return [k for k in sorted(set(old) | set(new)) if value(old, k) != value(new, k)]
 
 
 def config_differences(old: dict, new: dict, keys: list[str] | None = None) -> list[str]:
