@@ -112,7 +112,7 @@ def test_stabilizing_predictions_stops_only_after_window_stable_rounds():
     assert first_stop(criterion, rounds) == 6
     reading = criterion.read(rounds)
     assert reading.stop and reading.value == 1.0
-    assert "stable for 3 rounds (kappa 1.000" in reading.verdict
+    assert "stable for 3 rounds (kappa 1.0000" in reading.verdict
     too_short = criterion.read(rounds[:3])
     assert not too_short.stop and "needs 4 rounds to compare, has 3" in too_short.verdict
 

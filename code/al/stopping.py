@@ -137,9 +137,9 @@ class StabilizingPredictions(StoppingCriterion):
         kappas = [agreement(a.stop_set_predictions, b.stop_set_predictions) for a, b in zip(recent, recent[1:])]
         mean = float(np.mean(kappas))
         if mean >= self.threshold:
-            return self.reading(mean, True, f"predictions have been stable for {self.window} rounds (kappa {mean:.3f} "
+            return self.reading(mean, True, f"predictions have been stable for {self.window} rounds (kappa {mean:.4f} "
                                             f">= {self.threshold}): more labels are unlikely to change the model")
-        return self.reading(mean, False, f"predictions still change (kappa {mean:.3f} over the last {self.window} "
+        return self.reading(mean, False, f"predictions still change (kappa {mean:.4f} over the last {self.window} "
                                          f"rounds, below {self.threshold})")
 
 
@@ -155,7 +155,7 @@ class UncertaintyBelow(StoppingCriterion):
             return self.not_yet("no stop-set uncertainty recorded")
         last = rounds[-1]
         value = getattr(last, self.needs) / math.log(last.n_classes) if last.n_classes > 1 else 0.0
-        what = f"{self.statistic} uncertainty on the stop set is {value:.3f} of the maximum"
+        what = f"{self.statistic} uncertainty on the stop set is {value:.4f} of the maximum"
         if value < self.threshold:
             return self.reading(value, True, f"{what}, below {self.threshold}: the model is sure of the pool")
         return self.reading(value, False, f"{what}, not below {self.threshold}")
