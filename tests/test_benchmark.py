@@ -7,6 +7,7 @@ import argparse
 import ast
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 import benchmark
 import mitbih
 import mnist
-from al import bench, cli, runs
+from al import bench, cli, data_common, runs
 from al.strategies import entropy, top_k_positions
 
 CONFIG = {"n_steps": 1, "epochs": 3, "conv_filters": [32, 64], "threads": 1}
@@ -292,3 +293,268 @@ def test_in_fresh_process_runs_the_worker_in_another_process():
     got = bench.in_fresh_process([{"value": 1}, {"value": 4}], double_each)
     assert [g["value"] for g in got] == [2, 8]
     assert got[0]["pid"] != os.getpid()
+
+
+# --------------------------------------------------------------------------- the published references
+# CVxTz/active_learning code/active_learning_mnist.py, get_model(): the layer stack, in order.
+PUBLISHED_MNIST_STACK = [
+    ("InputLayer", None), ("Conv2D", (64, "same")), ("Conv2D", (64, "same")), ("MaxPooling2D", 2),
+    ("Dropout", 0.1), ("Conv2D", (128, "same")), ("Conv2D", (128, "same")), ("MaxPooling2D", 2),
+    ("Dropout", 0.1), ("Conv2D", (256, "valid")), ("Conv2D", (256, "valid")),
+    ("GlobalMaxPooling2D", None), ("Dropout", 0.1), ("Dense", 64), ("PermanentDropout", 0.1),
+    ("Dense", 64), ("PermanentDropout", 0.1), ("Dense", 10),
+]
+# 3x3 convolutions 1-64-64-128-128-256-256, Dense 256-64-64-10, with biases
+PUBLISHED_MNIST_PARAMS = (9 * 1 * 64 + 64) + (9 * 64 * 64 + 64) + (9 * 64 * 128 + 128) + (9 * 128 * 128 + 128) \
+    + (9 * 128 * 256 + 256) + (9 * 256 * 256 + 256) + (256 * 64 + 64) + (64 * 64 + 64) + (64 * 10 + 10)
+
+
+def layer_signature(layer):
+    kind = type(layer).__name__
+    if kind == "Conv2D":
+        assert layer.kernel_size == (3, 3) and layer.activation.__name__ == "relu"
+        return kind, (layer.filters, layer.padding)
+    if kind == "MaxPooling2D":
+        return kind, layer.pool_size[0]
+    if kind in ("Dropout", "PermanentDropout"):
+        return kind, layer.rate
+    if kind == "Dense":
+        return kind, layer.units
+    return kind, None
+
+
+def test_mnist_reference_is_the_published_network_optimizer_and_metric():
+    import keras
+    keras.backend.clear_session()
+    model = benchmark.build_reference_mnist_cnn((28, 28, 1), 10)
+    assert [layer_signature(layer) for layer in model.layers] == PUBLISHED_MNIST_STACK
+    assert model.count_params() == PUBLISHED_MNIST_PARAMS == 1_165_514
+    assert tuple(model.inputs[0].shape) == (None, None, None, 1)  # Input(shape=(None, None, 1))
+    assert [layer.activation.__name__ for layer in model.layers if type(layer).__name__ == "Dense"] \
+        == ["relu", "relu", "softmax"]
+    assert type(model.optimizer).__name__ == "Adam"
+    assert float(model.optimizer.learning_rate) == pytest.approx(1e-4)
+    logs = model.evaluate(np.zeros((2, 28, 28, 1)), np.zeros(2), verbose=0, return_dict=True)
+    assert set(logs) == {"loss", "acc"}  # metrics=['acc']: what the callbacks monitor as val_acc
+
+
+def test_permanent_dropout_samples_a_fresh_inverted_mask_in_predict_too():
+    import keras
+    layer = benchmark.permanent_dropout_class()(0.5)
+    model = keras.Sequential([keras.Input(shape=(200,)), layer])
+    ones = np.ones((4, 200), dtype=np.float32)
+    first, second = model.predict(ones, verbose=0), model.predict(ones, verbose=0)
+    assert set(np.unique(first)) == {0.0, 2.0}  # kept units scaled by 1 / (1 - rate), as K.dropout
+    assert not np.array_equal(first, second)
+    assert not np.array_equal(first[0], first[1])  # every sample its own mask
+
+
+def test_mnist_reference_predictions_differ_between_passes_only_through_the_permanent_dropout():
+    import keras
+    keras.backend.clear_session()  # as reference_train does: the network names two layers dense_1/_2
+    model = benchmark.build_reference_mnist_cnn((28, 28, 1), 10)
+    x = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1)).astype(np.float64)
+    assert not np.allclose(model.predict(x, verbose=0), model.predict(x, verbose=0))
+    for layer in model.layers:
+        if type(layer).__name__ == "PermanentDropout":
+            layer.rate = 0.0
+    # eager inference calls (a compiled predict would keep the traced rate)
+    np.testing.assert_allclose(model(x, training=False), model(x, training=False), rtol=1e-5)
+
+
+def test_mnist_reference_callbacks_are_the_published_ones():
+    import keras
+    check, reduce, early = benchmark.published_mnist_callbacks("/tmp/x/model.weights.h5")
+    assert isinstance(check, keras.callbacks.ModelCheckpoint)
+    assert (check.monitor, check.save_best_only, check.save_weights_only) == ("val_acc", True, True)
+    assert isinstance(reduce, keras.callbacks.ReduceLROnPlateau)
+    assert (reduce.monitor, reduce.patience, reduce.min_lr, reduce.factor) == ("val_acc", 30, 1e-7, 0.1)
+    assert isinstance(early, keras.callbacks.EarlyStopping)
+    assert (early.monitor, early.patience, early.restore_best_weights) == ("val_acc", 40, False)
+
+
+def test_references_run_the_published_recipe_of_each_dataset():
+    mnist_ref, ecg_ref = benchmark.REFERENCES["mnist"], benchmark.REFERENCES["mitbih"]
+    assert mnist_ref.build is benchmark.build_reference_mnist_cnn
+    assert (mnist_ref.epochs, mnist_ref.predict_passes, mnist_ref.validation_size, mnist_ref.test_batch_size) \
+        == (120, 5, 256, 1024)
+    assert mnist_ref.callbacks is benchmark.published_mnist_callbacks
+    assert mnist_ref.entropy is benchmark.published_list_entropy
+    assert mnist_ref.select is benchmark.select_by_sorted_threshold
+    assert mnist_ref.inputs is benchmark.published_mnist_pixels
+    assert ecg_ref == benchmark.Reference(benchmark.build_reference_ecg_net, epochs=45)  # unchanged
+    assert (ecg_ref.predict_passes, ecg_ref.validation_size, ecg_ref.callbacks, ecg_ref.test_batch_size) \
+        == (1, 0, None, 32)
+    assert benchmark.early_stopping_datasets(["mitbih", "mnist"]) == ["mnist"]
+
+
+class RecordingModel:
+    """Stands in for a Keras model: ``predict`` returns fixed probabilities and records its calls."""
+
+    def __init__(self, outputs):
+        self.outputs, self.calls = list(outputs), []
+
+    def predict(self, x, batch_size=None, verbose=None):
+        self.calls.append((len(x), batch_size))
+        return self.outputs[len(self.calls) - 1]
+
+
+def test_reference_scoring_averages_the_published_number_of_predict_passes_at_batch_32():
+    rng = np.random.default_rng(0)
+    outputs = [rng.dirichlet(np.ones(3), size=6) for _ in range(5)]
+    model = RecordingModel(outputs)
+    probs = benchmark.reference_probs(model, np.zeros((6, 2)), benchmark.REFERENCES["mnist"].predict_passes)
+    assert model.calls == [(6, 32)] * 5
+    np.testing.assert_allclose(probs, np.mean(outputs, axis=0))
+    single = RecordingModel(outputs)
+    np.testing.assert_array_equal(benchmark.reference_probs(single, np.zeros((6, 2)), 1), outputs[0])
+    assert single.calls == [(6, 32)]
+
+
+def test_published_entropy_is_the_clipped_entropy_of_each_row():
+    probs = np.random.default_rng(2).dirichlet(np.ones(4), size=50)
+    probs[0] = np.eye(4)[1]  # a one-hot row: the clip makes it (almost) 0, no nan
+    got = benchmark.published_list_entropy(probs)
+    assert isinstance(got, list) and len(got) == 50
+    np.testing.assert_allclose(got, entropy(probs), rtol=1e-9, atol=1e-9)
+
+
+def test_sorted_threshold_selection_keeps_the_published_k_plus_one_and_ties():
+    scores = [0.1, 0.9, 0.5, 0.7, 0.3]
+    assert benchmark.select_by_sorted_threshold(scores, 2) == [1, 2, 3]  # the 3 highest
+    assert benchmark.select_by_sorted_threshold([0.2, 0.5, 0.5, 0.5, 0.1], 1) == [1, 2, 3]
+    with pytest.raises(ValueError, match="more than k = 3"):
+        benchmark.select_by_sorted_threshold([0.1, 0.2, 0.3], 3)
+
+
+def test_published_mnist_pixels_are_the_raw_bytes_as_float64():
+    raw = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    scaled = (raw.astype(np.float32) / 255.0)  # what al.data_mnist loads
+    pixels = benchmark.published_mnist_pixels(scaled)
+    assert pixels.dtype == np.float64
+    np.testing.assert_array_equal(pixels, raw.astype(np.float64))
+
+
+def test_reference_split_takes_the_validation_set_out_of_the_scored_pool():
+    val, pool = benchmark.reference_split(100, 10, 20, seed=3)
+    assert len(val) == 20 and len(pool) == 70
+    assert not set(val) & set(pool) and min(val.min(), pool.min()) >= 10
+    assert set(val) | set(pool) == set(range(10, 100))
+    np.testing.assert_array_equal(val, benchmark.reference_split(100, 10, 20, seed=3)[0])
+    assert len(benchmark.reference_split(100, 10, 0)[0]) == 0
+    with pytest.raises(ValueError, match="validation set of 90"):
+        benchmark.reference_split(100, 10, 90)
+
+
+def constant_model(input_shape, n_classes):
+    """Softmax of frozen weights: val_acc never changes, so early stopping ends at its patience."""
+    import keras
+    model = keras.Sequential([keras.Input(shape=input_shape), keras.layers.Flatten(),
+                              keras.layers.Dense(n_classes, activation="softmax", trainable=False)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["acc"])
+    return model
+
+
+def test_published_callbacks_stop_after_40_and_cut_the_rate_after_30_epochs_without_gain():
+    import keras
+    model = constant_model((2,), 3)
+    model.evaluate(np.zeros((2, 2)), np.zeros(2), verbose=0)  # builds the metric the modes are read from
+    callbacks = keras.callbacks.CallbackList(benchmark.published_mnist_callbacks("/nonexistent/x.weights.h5"),
+                                             model=model)
+    check, reduce, early = callbacks.callbacks
+    check.on_epoch_end = lambda epoch, logs=None: None  # no file; only ReduceLROnPlateau and EarlyStopping
+    callbacks.on_train_begin()
+    rates, epochs = [], 0
+    while not model.stop_training and epochs < 120:
+        logs = {"val_acc": 0.5 if epochs == 0 else 0.4, "loss": 1.0}  # best at epoch 1, then worse
+        callbacks.on_epoch_end(epochs, logs)
+        rates.append(float(model.optimizer.learning_rate))
+        epochs += 1
+    assert epochs == 41  # epoch 1 then 40 epochs without improvement
+    np.testing.assert_allclose(rates, [1e-3] * 30 + [1e-4] * 11, rtol=1e-6)  # cut after epoch 31
+
+
+def short_patience_callbacks(path, seen):
+    """Checkpoint and early stopping with patience 2; at the end of the fit the weights are
+    overwritten with zeros, so only loading the checkpoint gives the best ones back."""
+    import keras
+
+    class ZeroWeightsAtTheEnd(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            seen["best"] = self.model.get_weights()  # frozen weights: the checkpoint's
+            self.model.set_weights([np.zeros_like(w) for w in seen["best"]])
+
+    return [keras.callbacks.ModelCheckpoint(path, monitor="val_acc", save_best_only=True, save_weights_only=True),
+            keras.callbacks.EarlyStopping(monitor="val_acc", patience=2), ZeroWeightsAtTheEnd()]
+
+
+def test_reference_training_stops_early_loads_the_best_checkpoint_and_is_measured_in_full(synthetic_dataset):
+    import keras
+    keras.utils.set_random_seed(0)  # the tests run TensorFlow with deterministic ops (conftest)
+    seen = {}
+    ref = replace(benchmark.REFERENCES["mnist"], build=constant_model,
+                  callbacks=lambda path: short_patience_callbacks(path, seen))
+    val, _ = benchmark.reference_split(len(synthetic_dataset.x_train), 16, 16)
+    model, train = benchmark.reference_train(ref, synthetic_dataset, np.arange(16), val, ref.epochs)
+    assert {k: train["epochs"][k] for k in ("full", "measured", "run", "stopped_early", "early_stopping", "best")} \
+        == {"full": 120, "measured": 120, "run": 3, "stopped_early": True, "early_stopping": True, "best": 1}
+    assert train["scaled"] is False and train["seconds"] == train["measured_seconds"]
+    for got, best in zip(model.get_weights(), seen["best"]):
+        np.testing.assert_array_equal(got, best)
+    assert np.abs(seen["best"][0]).sum() > 0
+
+
+def test_reference_training_cut_short_extrapolates_to_the_cap(synthetic_dataset):
+    import keras
+    keras.utils.set_random_seed(0)
+    ref = replace(benchmark.REFERENCES["mnist"], build=constant_model)
+    val, _ = benchmark.reference_split(len(synthetic_dataset.x_train), 16, 16)
+    _, train = benchmark.reference_train(ref, synthetic_dataset, np.arange(16), val, 3)
+    assert train["epochs"]["run"] == 3 and not train["epochs"]["stopped_early"]
+    assert train["scaled"] is True and train["seconds"] > train["measured_seconds"]
+
+
+def test_mnist_reference_step_scores_the_pool_without_the_validation_set():
+    import keras
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    data = data_common.Dataset(rng.random((120, 28, 28, 1), dtype=np.float32), np.arange(120) % 10,
+                               rng.random((20, 28, 28, 1), dtype=np.float32), np.arange(20) % 10,
+                               tuple(str(d) for d in range(10)), source="synthetic")
+    ref = replace(benchmark.REFERENCES["mnist"], build=constant_model, validation_size=24)
+    data = benchmark.published_inputs(ref, data)
+    assert data.x_train.dtype == np.float64 and data.x_train.max() > 1
+    got = benchmark.reference_step(ref, data, np.arange(32), 10, epochs_measured=1, score_fraction=0.5)
+    assert (got["n_validation"], got["n_pool"], got["n_scored"]) == (24, 64, 32)
+    assert got["scaled"] == {"train": True, "score": True, "eval": False}
+    assert got["epochs"]["run"] == 1 and got["epochs"]["full"] == 120
+    assert got["seconds"]["score"] == pytest.approx(2 * got["measured_seconds"]["score"])
+
+
+def test_ref_epochs_option_takes_seeds_and_needs_an_early_stopping_dataset(tmp_path, capsys):
+    args = benchmark.parse_args(["--ref-epochs", "0,1,2", "--out-dir", str(tmp_path)])
+    assert args.ref_epochs == [0, 1, 2]
+    plans = {"mnist": benchmark.plan_dataset("mnist", smoke=False)}
+    specs = benchmark.reference_epochs_specs(plans, args.ref_epochs, args)
+    assert [(s["n_labeled"], s["seed"]) for s in specs] == [(n, s) for n in (256, 1408) for s in (0, 1, 2)]
+    assert benchmark.parse_args(["--out-dir", str(tmp_path)]).ref_epochs is None
+    for bad in (["--ref-epochs", "a"], ["--ref-epochs", ","], ["--ref-epochs", "0", "--datasets", "mitbih"]):
+        with pytest.raises(SystemExit):
+            benchmark.parse_args([*bad, "--out-dir", str(tmp_path)])
+    assert "has none" in capsys.readouterr().err
+
+
+def test_reference_epochs_report_summarizes_each_budget(tmp_path):
+    rows = [{"dataset": "mnist", "n_labeled": n, "seed": s, "full": 120, "measured": 120, "run": run,
+             "stopped_early": run < 120, "early_stopping": True, "best": run - 40, "best_val_acc": 0.9,
+             "train_seconds": 2.0 * run, "eval_seconds": 1.0, "n_test": 10, "test_macro_f1": 0.8}
+            for n, s, run in [(256, 0, 60), (256, 1, 80), (1408, 0, 120)]]
+    report = {"command": "python code/benchmark.py --ref-epochs 0,1", "cpu_cores": 2, "cpu_model": "x",
+              "tensorflow": "x", "gpus": [], "git_commit": "abc", "created_at": "now", "smoke": False,
+              "planned": 4, "measurements": rows}
+    text = benchmark.reference_epochs_markdown(report)
+    assert "| mnist | 256 | 1 | 80 | 40 | 0.900 | yes | 160 | 0.8000 |" in text
+    assert "| mnist | 256 | 2 | 60 / 70.0 / 80 | 20 / 30.0 / 40 | 140 | 2.0 |" in text
+    assert "| mnist | 1408 | 1 | 120 / 120.0 / 120 |" in text and "at most 120 epochs" in text
+    assert "3 of 4 planned (interrupted or still running)" in text
