@@ -249,6 +249,23 @@ def write_mnist(folder, n_train: int = 6, n_test: int = 4, size: int = 5, **over
     return folder
 
 
+# CSV tables (annotate.py's data, queues and label files) ------------------------------------
+def write_table(path, header, rows):
+    """A CSV with a header row; returns its path."""
+    import csv
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def read_table(path) -> list[dict]:
+    import csv
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 # MIT-BIH Kaggle-style CSVs ------------------------------------------------------------------
 def write_csv(path, n_rows, n_columns=None, labels=None, seed=0):
     """A headerless CSV of ``n_rows`` beats (187 samples + class by default); returns the table."""

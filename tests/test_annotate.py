@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ from al.data_common import REPO_ROOT
 from al.data_mnist import load_mnist
 from al.strategies import STRATEGIES
 from annotate import QUEUE_COLUMNS, AnnotationError
+from conftest import read_table as read_rows, write_table as write_csv
 
 CLASSES = ("cat", "dog", "fox")
 CENTERS = np.array([[0.0, 0.0, 0.0], [4.0, 0.0, 0.0], [0.0, 4.0, 0.0]])
@@ -26,17 +26,6 @@ FAST = ["--epochs", "4", "--batch-size", "6"]
 
 
 # =========================================================================== helpers
-def write_csv(path: Path, header, rows) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
-
-
-def read_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def blob_rows(n: int, seed: int, prefix: str):

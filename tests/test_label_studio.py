@@ -31,6 +31,7 @@ import annotate
 from al import label_studio
 from al.data_common import REPO_ROOT
 from annotate import QUEUE_COLUMNS, AnnotationError
+from conftest import read_table as read_rows, write_table as write_csv
 
 LS_VENV = Path(os.environ.get("AL_LABEL_STUDIO_VENV", REPO_ROOT / ".venv-label-studio"))
 REQUIRED = os.environ.get("AL_REQUIRE_LABEL_STUDIO") == "1"
@@ -145,17 +146,6 @@ def token_env(server, monkeypatch):
 
 
 # =========================================================================== data helpers
-def write_csv(path: Path, header, rows) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
-
-
-def read_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def labels_in(path: Path) -> dict[str, str]:

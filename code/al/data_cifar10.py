@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from al.data_common import DataCorruptError, DataNotFoundError, Dataset, candidate_dirs
+from al.data_common import DataCorruptError, DataNotFoundError, Dataset, candidate_dirs, keras_download
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
@@ -128,15 +128,9 @@ def load_cifar10(data_dir=None, allow_download: bool = True) -> Dataset:
         if found is not None:
             return from_batches_dir(found)
     if allow_download:
-        print("CIFAR-10 batches not found in " + ", ".join(map(str, tried))
-              + "; trying keras.datasets.cifar10.load_data() (downloads 163 MB once to ~/.keras/datasets)")
-        try:
-            import keras
-            (xtr, ytr), (xte, yte) = keras.datasets.cifar10.load_data()
-            return make_dataset({"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte},
-                                source="keras.datasets.cifar10", origin="keras.datasets.cifar10")
-        except Exception as err:  # network errors come in many types
-            tried_download = f"keras.datasets.cifar10.load_data() failed: {err}"
+        arrays, tried_download = keras_download("cifar10", tried, " 163 MB")
+        if arrays is not None:
+            return make_dataset(arrays, source="keras.datasets.cifar10", origin="keras.datasets.cifar10")
     else:
         tried_download = "download disabled"
     raise DataNotFoundError(

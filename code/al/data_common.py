@@ -122,6 +122,19 @@ def candidate_dirs(dataset: str, data_dir: str | os.PathLike | None = None) -> l
     return dirs
 
 
+def keras_download(name: str, tried: list[Path], size_note: str = "") -> tuple[dict | None, str]:
+    """The last resort of a loader: ``keras.datasets.<name>.load_data()`` as arrays
+    (``x_train, y_train, x_test, y_test``), or (None, why it failed)."""
+    print(f"{name} files not found in " + ", ".join(map(str, tried))
+          + f"; trying keras.datasets.{name}.load_data() (downloads{size_note} once to ~/.keras/datasets)")
+    try:
+        import keras
+        (xtr, ytr), (xte, yte) = getattr(keras.datasets, name).load_data()
+    except Exception as err:  # network errors come in many types
+        return None, f"keras.datasets.{name}.load_data() failed: {err}"
+    return {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte}, ""
+
+
 def resolve_repo_path(path: str | os.PathLike) -> Path:
     """A relative path means relative to the repository root, not the working directory."""
     path = Path(path).expanduser()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from al.data_common import DataCorruptError, DataNotFoundError, Dataset, candidate_dirs
+from al.data_common import DataCorruptError, DataNotFoundError, Dataset, candidate_dirs, keras_download
 
 FILES = {
     "x_train": "train-images-idx3-ubyte.gz",
@@ -77,15 +77,9 @@ def load_mnist(data_dir=None, allow_download: bool = True) -> Dataset:
             missing = sorted(set(FILES.values()) - set(present))
             raise DataNotFoundError(f"{folder} holds only part of MNIST; missing {missing}.")
     if allow_download:
-        print("MNIST idx files not found in " + ", ".join(map(str, tried))
-              + "; trying keras.datasets.mnist.load_data() (downloads once to ~/.keras/datasets)")
-        try:
-            import keras
-            (xtr, ytr), (xte, yte) = keras.datasets.mnist.load_data()
-            return make_dataset({"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte},
-                                source="keras.datasets.mnist", origin="keras.datasets.mnist")
-        except Exception as err:  # network errors come in many types
-            tried_download = f"keras.datasets.mnist.load_data() failed: {err}"
+        arrays, tried_download = keras_download("mnist", tried)
+        if arrays is not None:
+            return make_dataset(arrays, source="keras.datasets.mnist", origin="keras.datasets.mnist")
     else:
         tried_download = "download disabled"
     raise DataNotFoundError(
