@@ -80,7 +80,10 @@ case "${1:-}" in
         exit 0 ;;
     --test)
         shift
-        exec "$PY" -m pytest "$@" ;;
+        # One pytest worker per core (pytest-xdist), each test file whole on one worker, so a
+        # file's module- and session-scoped fixtures (trained grids, the Label Studio server)
+        # are built once.
+        exec "$PY" -m pytest -n auto --dist loadfile "$@" ;;
     --quick)
         shift
         for ds in $DATASETS; do "$PY" "code/$ds.py" --quick "$@"; done

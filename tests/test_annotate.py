@@ -144,19 +144,22 @@ def test_each_round_records_the_stop_set_and_prints_every_criterion(blobs, capsy
 
 def test_rerunning_a_round_replaces_it_and_status_adds_the_cross_validated_score(blobs, capsys):
     data, truth = blobs
-    for _ in range(4):
-        annotate.run(["next", str(data), *FAST])
-        annotate.run(["status", str(data), *FAST])
-        answer(queue_path(data), truth)
-    annotate.run(["next", str(data), *FAST])          # round 5, no CV yet
-    annotate.run(["next", str(data), *FAST])          # the same labels again: replaced, not added
-    rounds = rounds_file(data)["rounds"]
-    assert [r["n_labeled"] for r in rounds] == [N_GIVEN + 6 * k for k in range(5)]
-    assert all(r["cv_macro_f1"] is not None for r in rounds[:4]) and rounds[4]["cv_macro_f1"] is None
+    annotate.run(["next", str(data), *FAST])
+    answer(queue_path(data), truth)
+    annotate.run(["next", str(data), *FAST])            # round 2
     summary = annotate.run(["status", str(data), *FAST])
-    assert rounds_file(data)["rounds"][4]["cv_macro_f1"] == pytest.approx(summary["cv_macro_f1"])
+    rounds = rounds_file(data)["rounds"]
+    assert [r["n_labeled"] for r in rounds] == [N_GIVEN, N_GIVEN + 6]
+    assert rounds[0]["cv_macro_f1"] is None                       # status scores the current labels only
+    assert rounds[1]["cv_macro_f1"] == pytest.approx(summary["cv_macro_f1"])
+    annotate.run(["next", str(data), *FAST])            # the same labels again: replaced, CV kept
+    again = rounds_file(data)["rounds"]
+    assert [r["n_labeled"] for r in again] == [N_GIVEN, N_GIVEN + 6]
+    assert again[1]["cv_macro_f1"] == rounds[1]["cv_macro_f1"]
+    assert again[1]["stop_set_predictions"] == rounds[1]["stop_set_predictions"]  # same labels, same model
     curve = summary["stopping"]["learning_curve"]
-    assert curve["value"] is not None and "the learning curve predicts" in curve["verdict"]
+    assert curve["value"] is None and "needs cross-validated F1 of 4 rounds" in curve["verdict"]
+    assert "has 1" in curve["verdict"]
 
 
 def test_round_history_restarts_for_another_model_and_a_corrupt_one_is_refused(blobs, capsys):
