@@ -81,6 +81,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
+import json
 import io
 import os
 import sys
@@ -93,7 +95,7 @@ import numpy as np
 
 from al import label_studio, models
 from al.keras_ops import configure_tensorflow, configured_threads, predict_proba
-from al.loop import STOP_SET_SIZE, STOP_SET_STREAM, train_fresh_model
+from al.loop import stop_set_indices, train_fresh_model
 from al.runs import decode_uint8, encode_uint8, write_text_atomic
 from al.stopping import Round, get_criterion
 from al.strategies import STRATEGIES, entropy, get_strategy
@@ -781,15 +783,12 @@ def rounds_path(data: UserData) -> Path:
 
 def stop_set_positions(data: UserData, seed: int) -> np.ndarray:
     """A fixed sample of the data (labeled or not; no label is read) whose predictions the
-    stopping criteria compare from round to round, drawn as the protocol's stop set."""
-    n = len(data.ids)
-    rng = np.random.default_rng([seed, STOP_SET_STREAM])
-    return np.arange(n) if n <= STOP_SET_SIZE else np.sort(rng.choice(n, STOP_SET_SIZE, replace=False))
+    stopping criteria compare from round to round: the protocol's stop set."""
+    return stop_set_indices(seed, len(data.ids))
 
 
 def stop_set_key(data: UserData, positions: np.ndarray, model_name: str) -> str:
     """Names the stop set and model: rounds recorded under another key are not comparable."""
-    import hashlib
     text = "\n".join([model_name, *(data.ids[k] for k in positions)])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -799,11 +798,10 @@ def read_rounds(data: UserData, key: str) -> list[dict]:
     path = rounds_path(data)
     if not path.exists():
         return []
-    import json
     try:
         content = json.loads(path.read_text())
         rounds = content["rounds"] if content.get("stop_set") == key else []
-        [Round(r["n_labeled"], r["n_classes"]) for r in rounds]  # the fields every round has
+        as_rounds(rounds)  # every round readable
     except (ValueError, KeyError, TypeError, AttributeError):
         raise AnnotationError(f"the round history {path} is unreadable; delete it (the stopping criteria then "
                               f"start again from the next round).") from None
@@ -813,7 +811,6 @@ def read_rounds(data: UserData, key: str) -> list[dict]:
 
 
 def write_rounds(data: UserData, key: str, rounds: list[dict]) -> None:
-    import json
     write_text_atomic(rounds_path(data), json.dumps({"stop_set": key, "rounds": rounds}, indent=1) + "\n")
 
 
@@ -880,10 +877,11 @@ def command_next(args) -> dict:
         positions = stop_set_positions(data, args.seed)
         key = stop_set_key(data, positions, spec.name)
         here = stop_set_round(data, spec, model, positions, len(y), len(classes))
-        earlier = next((r for r in read_rounds(data, key) if r["n_labeled"] == len(y)), None)
+        rounds = read_rounds(data, key)
+        earlier = next((r for r in rounds if r["n_labeled"] == len(y)), None)
         if earlier is not None:  # the same labels give the same model: keep the CV score status found
             here["cv_macro_f1"] = earlier.get("cv_macro_f1")
-        rounds = record_round(read_rounds(data, key), here)
+        rounds = record_round(rounds, here)
         write_rounds(data, key, rounds)
         stopping = stopping_readings(rounds)
     queue = next_queue(args, data, spec, model, pool, x_labeled, classes)

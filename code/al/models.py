@@ -58,6 +58,13 @@ RR_BRANCH_UNITS = 16
 RR_FEATURE_COUNT = 7
 
 
+def check_rr_features(config) -> None:
+    """ValueError unless ``rr_features`` is off, or on with an architecture that takes it."""
+    if config.get("rr_features") and config["architecture"] not in RR_ARCHITECTURES:
+        raise ValueError(f"architecture {config['architecture']!r} takes no RR features; use one of "
+                         f"{', '.join(RR_ARCHITECTURES)} with rr_features, or turn rr_features off")
+
+
 def rr_input_count(config, input_shape) -> int:
     """Trailing input positions that hold RR features: 0 unless ``config["rr_features"]``.
 
@@ -336,7 +343,5 @@ def build(config, input_shape, n_classes):
     except KeyError:
         raise ValueError(f"unknown architecture {config.get('architecture')!r}; choose from "
                          f"{', '.join(ARCHITECTURES)}") from None
-    if config.get("rr_features") and config["architecture"] not in RR_ARCHITECTURES:
-        raise ValueError(f"architecture {config['architecture']!r} takes no RR features; use one of "
-                         f"{', '.join(RR_ARCHITECTURES)} with rr_features, or turn rr_features off")
+    check_rr_features(config)
     return builder(config, input_shape, n_classes)
