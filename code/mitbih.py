@@ -14,12 +14,14 @@ recipe"); the first recipe's results are in ``results/recipe_v1/``.
 import dataclasses
 
 from al import cli, models
-from al.data_common import hold_out_dev
+from al.data_common import protocol_split
 from al.data_mitbih import load_mitbih
 
 # --- data
 SPLIT = "intra"        # "intra": stratified 80/20 over beats; "inter": patients DS1 -> DS2
-DEV_SIZE = 10000       # beats held out of the pool as the development split (recipe search only)
+DEV_SIZE = 10000       # beats held out of the pool as the development split (never scored by the protocol)
+EVALUATE_ON = "test"   # "test": the reported evaluation; "dev": score steps on the development
+                       # split instead, to choose strategy settings (results go to their own folder)
 RR_FEATURES = 0        # 1: append each beat's 7 RR features (pre/post/local/record-mean RR, ratios;
                        # needs the raw records) and feed them to the dense layers; results in *_rr/
 # --- active-learning protocol
@@ -71,7 +73,7 @@ def load_data(config, data_dir=None):
     # Conv1D wants a channel axis: (n, 187) -> (n, 187, 1); with RR features (n, 187 + 7, 1),
     # the model splitting them off again (code/al/models.py).
     data = dataclasses.replace(data, x_train=data.x_train[..., None], x_test=data.x_test[..., None])
-    return hold_out_dev(data, config["dev_size"])[0]
+    return protocol_split(data, config)
 
 
 def results_name(config):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from al import loop, models
-from al.data_common import hold_out_dev
+from al.data_common import hold_out_dev, protocol_split
 from al.keras_ops import embed_and_predict, mc_predict_proba, predict_proba
 from al.strategies import get_strategy
 
@@ -174,3 +174,23 @@ def test_hold_out_dev_of_zero_is_the_identity_and_too_large_is_refused(synthetic
     assert hold_out_dev(synthetic_dataset, 0)[0] is synthetic_dataset
     with pytest.raises(ValueError, match="dev_size"):
         hold_out_dev(synthetic_dataset, len(synthetic_dataset.y_train))
+
+
+def test_protocol_split_scores_on_the_test_set_unless_told_to_use_the_development_split(synthetic_dataset):
+    config = {"dev_size": 60}
+    pool, (x_dev, y_dev) = hold_out_dev(synthetic_dataset, 60)
+    on_test = protocol_split(synthetic_dataset, config)
+    assert np.array_equal(on_test.x_train, pool.x_train) and np.array_equal(on_test.x_test, synthetic_dataset.x_test)
+    assert protocol_split(synthetic_dataset, {**config, "evaluate_on": "test"}).sha256 == on_test.sha256
+    on_dev = protocol_split(synthetic_dataset, {**config, "evaluate_on": "dev"})
+    assert np.array_equal(on_dev.x_train, pool.x_train)
+    assert np.array_equal(on_dev.x_test, x_dev) and np.array_equal(on_dev.y_test, y_dev)
+    # the swap is in the provenance: dev-scored runs cannot share a folder with test-scored ones
+    assert on_dev.sha256 != on_test.sha256 and "development split, not the test set" in on_dev.origin
+
+
+def test_protocol_split_refuses_an_unknown_evaluation_set_or_a_missing_development_split(synthetic_dataset):
+    with pytest.raises(ValueError, match="evaluate-on must be one of"):
+        protocol_split(synthetic_dataset, {"dev_size": 60, "evaluate_on": "train"})
+    with pytest.raises(ValueError, match="--dev-size N with N > 0"):
+        protocol_split(synthetic_dataset, {"dev_size": 0, "evaluate_on": "dev"})

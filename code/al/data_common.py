@@ -107,6 +107,31 @@ def hold_out_dev(data: Dataset, size: int, seed: int = 0) -> tuple[Dataset, tupl
     return pool, (data.x_train[dev], data.y_train[dev])
 
 
+EVALUATION_SETS = ("test", "dev")
+
+
+def protocol_split(data: Dataset, config: dict) -> Dataset:
+    """The data a protocol run sees: the pool without the development split.
+
+    ``config["evaluate_on"]`` says what each step is scored on: ``"test"`` (the default, the
+    reported evaluation) or ``"dev"``, where the development split replaces the test set.
+    ``"dev"`` is for choosing a strategy's settings (for example TypiClust's embedding) by
+    the protocol itself without looking at the test set; its runs record the swap in their
+    data provenance, so they can never be mixed with test-set runs in one folder.
+    """
+    pool, (x_dev, y_dev) = hold_out_dev(data, config["dev_size"])
+    where = config.get("evaluate_on", "test")
+    if where not in EVALUATION_SETS:
+        raise ValueError(f"--evaluate-on must be one of {EVALUATION_SETS}, got {where!r}")
+    if where == "test":
+        return pool
+    if config["dev_size"] <= 0:
+        raise ValueError("--evaluate-on dev needs a development split: pass --dev-size N with N > 0")
+    return Dataset(pool.x_train, pool.y_train, x_dev, y_dev, pool.class_names,
+                   source=f"{pool.source}; evaluated on the development split, not the test set",
+                   origin=f"{pool.origin}; evaluated on the development split, not the test set")
+
+
 def candidate_dirs(dataset: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
     """Directories to search for ``dataset``, in priority order."""
     dirs = []
