@@ -503,3 +503,40 @@ def test_the_reality_check_puts_two_recipes_side_by_side(tmp_path):
     assert table_cell(text, "random", "new", section) == "40"
     assert [line.split("|")[1].strip() for line in text.split(section, 1)[1].splitlines()
             if line.startswith("| ") and "strategy" not in line] == ["random", "entropy"]
+
+
+def test_paired_differences_are_per_budget_means_of_seed_pairs_with_holm(results):
+    runs_ = plot_perf.load_runs(results / "toy")[0]
+    diffs = plot_perf.paired_differences(plot_perf.curves(runs_), "entropy").set_index("n_labeled")
+    assert list(diffs.index) == [30, 40]  # the shared initial budget is left out
+    assert diffs.loc[30, "mean"] == pytest.approx(0.1) and diffs.loc[30, "std"] == pytest.approx(0.0, abs=1e-12)
+    assert diffs.loc[40, "mean"] == pytest.approx(0.2) and diffs.loc[40, "pairs"] == 3
+    assert diffs.loc[40, "p"] == pytest.approx(0.25)  # 3 positive pairs: exact two-sided 2 / 2^3
+    assert diffs.loc[30, "p_holm"] == pytest.approx(0.5)  # 2 tests of p 0.25: 2 x 0.25, then the running max
+
+
+@pytest.mark.parametrize("gains, expected", [
+    ([-0.1, 0.05, -0.01, 0.02, 0.03], 50),   # the last dip below 0 decides, not the first rise
+    ([0.01, 0.02, 0.03, 0.04, 0.05], 20),
+    ([-0.1, -0.05, 0.02, 0.03, 0.0], None),  # ends level with random: no crossover
+    ([-0.1, -0.05, -0.02, -0.01, -0.01], None),
+])
+def test_crossover_is_the_first_budget_from_which_the_gain_stays_positive(gains, expected):
+    diffs = pd.DataFrame({"n_labeled": [20, 30, 40, 50, 60], "mean": gains})
+    assert plot_perf.crossover_budget(diffs) == expected
+
+
+def test_crossover_report_covers_both_protocols_and_names_significant_budgets(tmp_path, results):
+    low = tmp_path / "low"
+    for seed in range(6):  # entropy below random at 30 in every seed, above at 40 and 50
+        write_run(low / "toy", run_dict("random", seed, [0.3, 0.5, 0.6, 0.6], n_steps=3))
+        write_run(low / "toy", run_dict("entropy", seed, [0.3, 0.4 - 0.01 * seed, 0.65, 0.7], n_steps=3))
+    assert plot_perf.main(["--crossover", str(low), str(results)]) == 0
+    text = (low / "crossover.md").read_text()
+    assert (low / "toy_crossover.png").stat().st_size > 0
+    assert "start 20, batch 10" in text and text.count("### ") == 2
+    assert "| 30 | -0.1" in text
+    low_line = next(l for l in text.splitlines() if l.startswith("- entropy") and "[30]" in l)
+    assert "crossover 40" in low_line and "below random at p < 0.05: [30]" in low_line
+    assert "above at p < 0.05: [40, 50]" in low_line
+    assert plot_perf.main(["--crossover", str(tmp_path / "nowhere"), str(results)]) == 1
