@@ -97,7 +97,7 @@ from al import label_studio, models
 from al.keras_ops import configure_tensorflow, configured_threads, predict_proba
 from al.loop import stop_set_indices, train_fresh_model
 from al.runs import decode_uint8, encode_uint8, write_text_atomic
-from al.stopping import Round, get_criterion
+from al.stopping import MAX_CV_FOLDS, Round, cross_validated_macro_f1, get_criterion
 from al.strategies import STRATEGIES, entropy, get_strategy
 
 QUEUE_COLUMNS = ("rank", "id", "predicted", "confidence", "uncertainty", "label")
@@ -105,7 +105,6 @@ LABEL_COLUMNS = ("id", "label")
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 MODEL_KINDS = ("auto", "mlp", "cnn1d", "cnn2d")
 SIGNAL_MIN_FEATURES = 100   # --model auto: CSV rows this long are signals -> cnn1d
-MAX_CV_FOLDS = 5
 SAMPLES_PER_EPOCH = 2048    # small labeled sets are tiled into epochs of about this size
 MAX_EXAMPLES = 5            # problems listed per error message
 DEFAULT_STRATEGY = "margin"  # README "When to stop labeling" and "Reality check" say why
@@ -628,35 +627,12 @@ def macro_f1(y_true, y_pred, labels) -> float:
     return float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
 
 
-def cv_plan(y: np.ndarray, n_classes: int) -> tuple[np.ndarray, int, str]:
-    """Which labels cross-validation uses, its number of folds k, and a note (k = 0: not possible).
-
-    k = min(5, labels of the rarest class); classes with a single label cannot be split and
-    are left out; at least two classes must remain.
-    """
-    counts = np.bincount(y, minlength=n_classes)
-    usable = np.isin(y, np.flatnonzero(counts >= 2))
-    left_out = int(np.sum(counts == 1))
-    note = f"; {left_out} class(es) with a single label left out" if left_out else ""
-    present = np.flatnonzero(np.bincount(y[usable], minlength=n_classes))
-    if len(present) < 2:
-        return usable, 0, "needs two classes with at least 2 labels each"
-    return usable, int(min(MAX_CV_FOLDS, counts[present].min())), note
-
-
 def cross_validated_f1(spec: ModelSpec, x, y, n_classes: int, seed: int) -> tuple[float | None, int, str]:
-    """Stratified k-fold macro-F1 on the labels (pooled out-of-fold predictions): (score, k, note)."""
-    from sklearn.model_selection import StratifiedKFold
-    usable, k, note = cv_plan(y, n_classes)
-    if k == 0:
-        return None, 0, note
-    x, y = x[usable], y[usable]
-    predicted = np.empty_like(y)
-    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(x, y)
-    for fold, (fit, held_out) in enumerate(folds):
-        model = train(spec, x[fit], y[fit], n_classes, [seed, len(y), fold + 1])
-        predicted[held_out] = predict_proba(model, spec.prepare(x[held_out])).argmax(axis=1)
-    return macro_f1(y, predicted, np.unique(y).tolist()), k, note
+    """Stratified k-fold macro-F1 on the labels (:func:`al.stopping.cross_validated_macro_f1`)."""
+    def fit_predict(x_fit, y_fit, x_held_out, fold):
+        model = train(spec, x_fit, y_fit, n_classes, [seed, len(y), fold + 1])
+        return predict_proba(model, spec.prepare(x_held_out)).argmax(axis=1)
+    return cross_validated_macro_f1(fit_predict, x, y, n_classes, seed, MAX_CV_FOLDS)
 
 
 # =========================================================================== the queue

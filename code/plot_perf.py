@@ -36,7 +36,7 @@ import pandas as pd
 
 from al.runs import RunFileError, read_run as read_run_file, write_bytes_atomic, write_text_atomic
 from al.data_common import REPO_ROOT, resolve_repo_path
-from al.stopping import first_stop, get_criterion, rounds_of_run
+from al.stopping import first_stop, get_criterion, replayed_cv_f1, rounds_of_run
 
 PUBLISHED_TARGETS = {"mitbih": 0.74, "mnist": 0.96}  # the published text's reference F1 levels
 BASELINE = "random"
@@ -45,7 +45,8 @@ TIME_KEYS = ("train_seconds", "score_seconds", "eval_seconds")
 # Stopping criteria and the thresholds the stopping table measures (al/stopping.py).
 STOPPING_SWEEP = (*[("stabilizing_predictions", {"threshold": t}) for t in (0.99, 0.98, 0.97, 0.95)],
                   *[("overall_uncertainty", {"threshold": t}) for t in (0.02, 0.05, 0.1)],
-                  *[("max_uncertainty", {"threshold": t}) for t in (0.5, 0.8)])
+                  *[("max_uncertainty", {"threshold": t}) for t in (0.5, 0.8)],
+                  *[("learning_curve", {"min_gain": g}) for g in (0.01, 0.005)])  # needs code/stopping_cv.py
 AAMI_CLASSES = ("N", "S", "V", "F")  # MIT-BIH: the AAMI classes with enough beats to score
 
 
@@ -344,18 +345,19 @@ def compare_folders(folder_a: Path, folder_b: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------- stopping
-def stopping_frame(runs: list[dict]) -> pd.DataFrame:
+def stopping_frame(runs: list[dict], cv: dict | None = None) -> pd.DataFrame:
     """One row per (complete run, criterion setting): where the criterion would have stopped.
 
     A run that never triggers the criterion counts as stopping at the final budget (no
     labels saved, no F1 given up). Runs that did not record what a criterion reads are left
-    out of that criterion's rows.
+    out of that criterion's rows. ``cv``: {(strategy, seed): {step: cross-validated F1}}
+    replayed by ``code/stopping_cv.py``, which the learning curve reads.
     """
     rows = []
     for run in runs:
         if not run["complete"]:
             continue
-        rounds, steps = rounds_of_run(run), run["steps"]
+        rounds, steps = rounds_of_run(run, (cv or {}).get((run["strategy"], run["seed"]))), run["steps"]
         for name, settings in STOPPING_SWEEP:
             criterion = get_criterion(name, **settings)
             if not criterion.measurable(rounds):
@@ -369,9 +371,16 @@ def stopping_frame(runs: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def stopping_table(runs: list[dict], strategies: list[str]) -> list[str]:
+def replayed_cv(folder: Path, runs: list[dict]) -> dict:
+    """{(strategy, seed): {step: F1}} from ``folder/cv/`` (``code/stopping_cv.py``), for the runs
+    whose replay matches their file."""
+    return {(r["strategy"], r["seed"]): replayed_cv_f1(folder / f"{r['strategy']}_seed{r['seed']}.json", r)
+            for r in runs}
+
+
+def stopping_table(runs: list[dict], strategies: list[str], cv: dict | None = None) -> list[str]:
     """Per strategy and criterion setting: runs stopped, stop budget, labels saved, F1 given up."""
-    frame = stopping_frame(runs)
+    frame = stopping_frame(runs, cv)
     if frame.empty:
         return ["No complete run recorded what the stopping criteria read (stop-set predictions)."]
     head = ["strategy", "criterion", "stopped (runs)", "stop at labels", "labels saved", "test macro-F1 given up"]
@@ -704,9 +713,10 @@ def summarize_dataset(folder: Path, out_dir: Path) -> str | None:
              "p: paired Wilcoxon against random at each budget, Holm-corrected over the budgets of "
              "each strategy after the initial one (family-wise error 0.05 at p < 0.05).", "",
              "## When to stop labeling (stopping criteria on the simulated protocol)", "",
-             *stopping_table(runs, strategies), "",
+             *stopping_table(runs, strategies, replayed_cv(folder, runs)), "",
              "Each criterion reads every step of a complete run with only the history up to that step, "
-             "as a live session would (al/stopping.py). stop at labels: the first budget at which it "
+             "as a live session would (al/stopping.py); the learning curve reads cross-validated F1 of the "
+             "labeled set, replayed after the run by `code/stopping_cv.py` (runs without it are left out). stop at labels: the first budget at which it "
              "says stop, a run it never stops counting at the final budget; labels saved: final budget "
              "minus that; test macro-F1 given up: final macro-F1 minus macro-F1 at the stop (negative: "
              "the stop was better). Mean ± std over the runs. Runs that did not record what a criterion "

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import annotate
-from al import models
+from al import models, stopping
 from al.data_common import REPO_ROOT
 from al.data_mnist import load_mnist
 from al.strategies import STRATEGIES
@@ -234,7 +234,7 @@ def test_status_reports_labels_class_mix_and_cross_validated_f1(blobs, capsys):
 ])
 def test_cross_validation_plan(counts, folds, used, note):
     y = np.repeat(np.arange(3), counts)
-    usable, k, text = annotate.cv_plan(y, 3)
+    usable, k, text = stopping.cv_plan(y, 3)
     assert (k, int(usable.sum())) == (folds, used) and note in text
 
 

@@ -35,8 +35,10 @@ not a property of this module.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -228,6 +230,72 @@ class LearningCurve(StoppingCriterion):
         return any(r.cv_macro_f1 is not None for r in rounds)
 
 
+# --------------------------------------------------------------------------- what the learning curve reads
+MAX_CV_FOLDS = 5
+
+
+def cv_plan(y: np.ndarray, n_classes: int, max_folds: int = MAX_CV_FOLDS) -> tuple[np.ndarray, int, str]:
+    """Which labels cross-validation uses, its number of folds k, and a note (k = 0: not possible).
+
+    k = min(``max_folds``, labels of the rarest class); classes with a single label cannot be
+    split and are left out; at least two classes must remain.
+    """
+    counts = np.bincount(y, minlength=n_classes)
+    usable = np.isin(y, np.flatnonzero(counts >= 2))
+    left_out = int(np.sum(counts == 1))
+    note = f"; {left_out} class(es) with a single label left out" if left_out else ""
+    present = np.flatnonzero(np.bincount(y[usable], minlength=n_classes))
+    if len(present) < 2:
+        return usable, 0, "needs two classes with at least 2 labels each"
+    return usable, int(min(max_folds, counts[present].min())), note
+
+
+def cross_validated_macro_f1(fit_predict, x: np.ndarray, y: np.ndarray, n_classes: int, seed: int,
+                             max_folds: int = MAX_CV_FOLDS) -> tuple[float | None, int, str]:
+    """Stratified k-fold macro-F1 of the labeled set (pooled out-of-fold predictions), the
+    statistic :class:`LearningCurve` reads: ``(score, k, note)``, score None when k = 0.
+
+    ``fit_predict(x_fit, y_fit, x_held_out, fold)`` trains a fresh model on the fold's
+    training part and returns its predicted classes for ``x_held_out``. Only the labeled
+    samples are used; the macro average runs over the classes present.
+    """
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import StratifiedKFold
+    usable, k, note = cv_plan(y, n_classes, max_folds)
+    if k == 0:
+        return None, 0, note
+    x, y = x[usable], y[usable]
+    predicted = np.empty_like(y)
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(x, y)
+    for fold, (fit, held_out) in enumerate(folds):
+        predicted[held_out] = fit_predict(x[fit], y[fit], x[held_out], fold)
+    present = np.unique(y).tolist()
+    return float(f1_score(y, predicted, labels=present, average="macro", zero_division=0)), k, note
+
+
+CV_FORMAT = "stopping-cv-1"  # code/stopping_cv.py: cross-validated F1 replayed for a finished protocol run
+
+
+def cv_path(run_file) -> Path:
+    """Where ``code/stopping_cv.py`` keeps the replayed cross-validated F1 of a run file."""
+    run_file = Path(run_file)
+    return run_file.parent / "cv" / run_file.name
+
+
+def replayed_cv_f1(run_file, run: dict) -> dict[int, float]:
+    """{step: cross-validated macro-F1} replayed for this very run (matched by the run's
+    sha256, the record's own digest checked); empty when there is none or it does not match."""
+    path = cv_path(run_file)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if (not isinstance(record, dict) or record.get("format") != CV_FORMAT or record.get("run_sha256") != run.get("sha256")
+            or record.get("sha256") != runs.content_digest(record)):
+        return {}
+    return {int(s["step"]): float(s["cv_macro_f1"]) for s in record.get("steps", []) if s.get("cv_macro_f1") is not None}
+
+
 STOPPING_CRITERIA: dict[str, type[StoppingCriterion]] = {
     cls.name: cls for cls in (StabilizingPredictions, OverallUncertainty, MaxUncertainty, LearningCurve)}
 
@@ -254,9 +322,11 @@ def first_stop(criterion: StoppingCriterion, rounds: Sequence[Round]) -> int | N
     return None
 
 
-def rounds_of_run(run: dict) -> list[Round]:
-    """The stopping history a protocol run file recorded, one :class:`Round` per step."""
+def rounds_of_run(run: dict, cv_f1: dict[int, float] | None = None) -> list[Round]:
+    """The stopping history a protocol run file recorded, one :class:`Round` per step;
+    ``cv_f1`` ({step: F1}, :func:`replayed_cv_f1`) adds cross-validated F1 replayed later."""
     out = []
+    cv_f1 = cv_f1 or {}
     for step in run["steps"]:
         predictions = step.get("stop_set_predictions")
         out.append(Round(
@@ -264,5 +334,5 @@ def rounds_of_run(run: dict) -> list[Round]:
             stop_set_predictions=None if predictions is None else runs.decode_uint8(predictions),
             stop_set_mean_entropy=step.get("stop_set_mean_entropy"),
             stop_set_max_entropy=step.get("stop_set_max_entropy"),
-            cv_macro_f1=step.get("cv_macro_f1")))
+            cv_macro_f1=cv_f1.get(step["step"], step.get("cv_macro_f1"))))
     return out
