@@ -751,26 +751,21 @@ def main(argv=None) -> int:
                              "paired gain of each strategy over random per budget in both protocols; writes "
                              "LOW_ROOT/crossover.md and LOW_ROOT/<dataset>_crossover.png")
     args = parser.parse_args(argv)
-    if args.crossover:
-        low_root, standard_root = (resolve_repo_path(d) for d in args.crossover)
-        for root in (low_root, standard_root):
-            if not root.is_dir():
-                print(f"error: no results folder at {root}", file=sys.stderr)
-                return 1
-        lines, frames = crossover_report(low_root, standard_root)
-        for dataset, protocols in frames.items():
-            plot_crossover(dataset, protocols, low_root / f"{dataset}_crossover.png")
-        write_text_atomic(low_root / "crossover.md", "\n".join(lines))
-        print("\n".join(lines))
-        return 0
-    if args.reality_check:
-        old_root, new_root = (resolve_repo_path(d) for d in args.reality_check)
-        for root in (old_root, new_root):
-            if not root.is_dir():
-                print(f"error: no results folder at {root}", file=sys.stderr)
-                return 1
-        lines = reality_check(old_root, new_root)
-        write_text_atomic(new_root / "reality_check.md", "\n".join(lines))
+    two_roots = args.crossover or args.reality_check
+    if two_roots:
+        first, second = (resolve_repo_path(d) for d in two_roots)
+        missing = [root for root in (first, second) if not root.is_dir()]
+        if missing:
+            print(f"error: no results folder at {missing[0]}", file=sys.stderr)
+            return 1
+        if args.crossover:
+            lines, frames = crossover_report(first, second)
+            for dataset, protocols in frames.items():
+                plot_crossover(dataset, protocols, first / f"{dataset}_crossover.png")
+            write_text_atomic(first / "crossover.md", "\n".join(lines))
+        else:
+            lines = reality_check(first, second)
+            write_text_atomic(second / "reality_check.md", "\n".join(lines))
         print("\n".join(lines))
         return 0
     if args.compare:
