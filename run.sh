@@ -3,6 +3,9 @@
 #
 #   bash run.sh              every dataset script (all seeds and strategies), then plot_perf.py
 #   bash run.sh --quick      smoke run: 2 seeds, 2 steps, 2 epochs per dataset -> results/quick/
+#   bash run.sh --low-budget the low-budget protocol (MNIST 10 + 19 x 10 labels, MIT-BIH 20 + 19 x 20)
+#                            with the strategies of README "Low budgets" -> results/low_budget/,
+#                            then its summaries and the crossover with results/ (plot_perf --crossover)
 #   bash run.sh --test [...] run the test suite (extra arguments go to pytest)
 #   bash run.sh --setup      only build the environments (.venv, and .venv-label-studio for the tests)
 # Other arguments are passed to every dataset script (see python code/mnist.py --help).
@@ -17,6 +20,7 @@ PY="$VENV/bin/python"
 LS_VENV=".venv-label-studio"
 LS_SPEC="label-studio>=1.23,<1.24"
 DATASETS="${DATASETS:-mnist mitbih}"
+LOW_BUDGET_STRATEGIES="random,entropy,margin,badge,coreset,typiclust"
 
 setup_env() {
     local stamp="$VENV/.requirements.sha256"
@@ -88,6 +92,18 @@ case "${1:-}" in
         shift
         for ds in $DATASETS; do "$PY" "code/$ds.py" --quick "$@"; done
         "$PY" code/plot_perf.py --results-dir results/quick ;;
+    --low-budget)
+        shift
+        for ds in $DATASETS; do
+            case "$ds" in
+                mnist) budget=(--start-size 10 --batch-size 10 --n-steps 19) ;;
+                mitbih) budget=(--start-size 20 --batch-size 20 --n-steps 19) ;;
+            esac
+            "$PY" "code/$ds.py" "${budget[@]}" --strategies "$LOW_BUDGET_STRATEGIES" \
+                --results-dir results/low_budget "$@"
+        done
+        "$PY" code/plot_perf.py --results-dir results/low_budget
+        "$PY" code/plot_perf.py --crossover results/low_budget results ;;
     *)
         for ds in $DATASETS; do "$PY" "code/$ds.py" "$@"; done
         "$PY" code/plot_perf.py ;;
