@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import al
-from al import keras_ops, loop, runs
+from al import data_common, keras_ops, loop, runs
 from al.data_common import Dataset
 from al.loop import LOOP_KEYS, ConfigMismatchError, ModifiedRunError, run_active_learning
 from al.runs import OPTIONAL_STEP_KEYS, RESULT_KEYS, STEP_KEYS
@@ -727,3 +727,47 @@ def test_no_class_weights_when_disabled(mode):
 def test_unknown_class_weight_mode_is_rejected():
     with pytest.raises(ValueError, match="balanced"):
         loop.class_weights(np.array([0, 1]), 2, "inverse")
+
+
+# --------------------------------------------------------------------------- base samples
+def with_base(data, n_base=30):
+    """The synthetic data with its first ``n_base`` pool samples moved to the base set."""
+    return data_common.Dataset(data.x_train[n_base:], data.y_train[n_base:], data.x_test, data.y_test,
+                               data.class_names, source="synthetic with base", origin="synthetic",
+                               x_base=data.x_train[:n_base], y_base=data.y_train[:n_base])
+
+
+def test_base_samples_are_in_every_training_set_but_never_selected_or_counted(
+        synthetic_dataset, build_model, tmp_path, monkeypatch):
+    data = with_base(synthetic_dataset)
+    trained = []
+    real = loop.train_fresh_model
+
+    def train(build, config, x, y, n_classes, seed_seq):
+        trained.append({r.tobytes() for r in x})
+        return real(build, config, x, y, n_classes, seed_seq)
+    monkeypatch.setattr(loop, "train_fresh_model", train)
+    result = run(data, build_model, tmp_path, strategy="margin", config={**CONFIG, "start_size": 0})
+    assert [s["n_labeled"] for s in result["steps"]] == [0, 10, 20]
+    assert result["steps"][0]["selected"] == []
+    base = {r.tobytes() for r in data.x_base}
+    for step, rows in zip(result["steps"], trained):
+        chosen = {data.x_train[i].tobytes() for s in result["steps"][: step["step"] + 1] for i in s["selected"]}
+        assert rows == base | chosen  # base samples plus the selected ones, nothing else
+    assert all(0 <= i < len(data.y_train) for s in result["steps"] for i in s["selected"])
+    assert result["provenance"]["data"]["n_base"] == 30
+
+
+def test_start_size_zero_needs_base_samples(synthetic_dataset, build_model, tmp_path):
+    with pytest.raises(ValueError, match="0 only for data with base samples"):
+        run(synthetic_dataset, build_model, tmp_path, config={**CONFIG, "start_size": 0})
+
+
+def test_base_samples_change_the_data_hash_and_their_absence_keeps_the_old_one(synthetic_dataset):
+    plain = data_common.Dataset(synthetic_dataset.x_train, synthetic_dataset.y_train, synthetic_dataset.x_test,
+                                synthetic_dataset.y_test, synthetic_dataset.class_names, source="s")
+    assert plain.sha256 == synthetic_dataset.sha256 and "n_base" not in plain.provenance()
+    assert with_base(synthetic_dataset, 30).sha256 != with_base(synthetic_dataset, 31).sha256
+    with pytest.raises(ValueError, match="give both or neither"):
+        data_common.Dataset(plain.x_train, plain.y_train, plain.x_test, plain.y_test, plain.class_names,
+                            source="s", x_base=plain.x_train[:3])

@@ -232,6 +232,11 @@ def test_only_coreset_and_typiclust_depend_on_the_labeled_samples(name, real_mod
 
 
 # --------------------------------------------------------------------------- specific strategies
+def test_sequential_takes_the_first_unlabeled_samples_in_pool_order():
+    picked = select("sequential", Untouchable(), feature_pool(20), 5)
+    assert list(picked) == [0, 1, 2, 3, 4]
+
+
 def test_entropy_selects_the_highest_entropy_rows(fake_model):
     positions = get_strategy("entropy").select(fake_model, pool(50), 8, np.random.default_rng(0),
                                                NO_FAKE_LABELED)
@@ -266,7 +271,7 @@ def test_get_strategy_unknown_name_lists_the_known_ones():
 
 
 def test_registry_holds_every_documented_strategy():
-    assert set(STRATEGIES) == {"random", "entropy", "least_confidence", "margin", "bald", "entropy_mc",
+    assert set(STRATEGIES) == {"random", "sequential", "entropy", "least_confidence", "margin", "bald", "entropy_mc",
                                "coreset", "badge",
                                "typiclust", "typiclust_pca", "typiclust_model"}
 

@@ -164,7 +164,7 @@ def load_and_check_data(task: RunTask, load_data: Callable) -> Dataset:
     except ValueError as err:  # e.g. an unknown split: a bad option value
         raise SystemExit(f"error: cannot load {task.dataset}: {err}") from None
     try:
-        check_config(task.config, len(data.x_train))
+        check_config(task.config, len(data.x_train), data.has_base)
     except ValueError as err:
         raise SystemExit(f"error: {task.dataset}: {option_names(str(err))}") from None
     return data

@@ -39,6 +39,10 @@ class Dataset:
     ``range(len(class_names))``; ``source`` says where the data came from (with paths, for
     people) and ``origin`` what kind of copy it is, without paths (e.g. "PhysioNet mitdb
     records"), for the run files' provenance.
+
+    ``x_base``, ``y_base`` (optional): samples labeled *before* the run, from elsewhere (for
+    patient adaptation: the other patients' beats). The loop adds them to every training set;
+    they are never in the pool, never selected and not counted in the label budget.
     """
 
     x_train: np.ndarray
@@ -48,10 +52,18 @@ class Dataset:
     class_names: tuple[str, ...]
     source: str
     origin: str = "unknown"
+    x_base: np.ndarray | None = None
+    y_base: np.ndarray | None = None
+
+    @property
+    def has_base(self) -> bool:
+        return self.y_base is not None
 
     def __post_init__(self):
         n_classes = len(self.class_names)
-        for split in ("train", "test"):
+        if (self.x_base is None) != (self.y_base is None):
+            raise ValueError("x_base and y_base come together: give both or neither")
+        for split in ("train", "test", *(("base",) if self.has_base else ())):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             if len(x) != len(y):
                 raise DataCorruptError(
@@ -68,12 +80,16 @@ class Dataset:
                 f"{self.source}: train samples have shape {self.x_train.shape[1:]} but test samples "
                 f"{self.x_test.shape[1:]}; the files are of different datasets."
             )
+        if self.has_base and self.x_base.shape[1:] != self.x_train.shape[1:]:
+            raise DataCorruptError(f"{self.source}: base samples have shape {self.x_base.shape[1:]} but "
+                                   f"train samples {self.x_train.shape[1:]}")
 
     @cached_property
     def sha256(self) -> str:
         """Content hash of the arrays actually used (shapes, dtypes, bytes) and the class names."""
         digest = hashlib.sha256(repr(self.class_names).encode())
-        for array in (self.x_train, self.y_train, self.x_test, self.y_test):
+        base = (self.x_base, self.y_base) if self.has_base else ()  # absent: the hash it always had
+        for array in (self.x_train, self.y_train, self.x_test, self.y_test, *base):
             array = np.ascontiguousarray(array)
             digest.update(f"{array.dtype.str}{array.shape}".encode())
             digest.update(array.data)
@@ -82,7 +98,8 @@ class Dataset:
     def provenance(self) -> dict:
         """What a run file records about its data: the kind of copy and the content hash."""
         return {"origin": self.origin, "sha256": self.sha256,
-                "n_train": int(len(self.y_train)), "n_test": int(len(self.y_test))}
+                "n_train": int(len(self.y_train)), "n_test": int(len(self.y_test)),
+                **({"n_base": int(len(self.y_base))} if self.has_base else {})}
 
 
 def hold_out_dev(data: Dataset, size: int, seed: int = 0) -> tuple[Dataset, tuple[np.ndarray, np.ndarray]]:

@@ -4,7 +4,8 @@ Protocol (one run = one strategy under one seed):
 
 1. draw ``start_size`` labeled samples at random from the seed alone, so every strategy
    under the same seed starts from the same set (paired comparison);
-2. train a *fresh* model on all labeled samples and evaluate it on the full test set;
+2. train a *fresh* model on all labeled samples (and the data's base samples, labeled before
+   the run, if it has any: then ``start_size`` may be 0) and evaluate it on the full test set;
 3. ``n_steps`` times: let the strategy pick ``batch_size`` new samples from the unlabeled
    pool, retrain a fresh model, evaluate.
 
@@ -64,16 +65,22 @@ def final_budget(config: dict) -> int:
     return int(config["start_size"]) + int(config["n_steps"]) * int(config["batch_size"])
 
 
-def check_config(config: dict, n_pool: int | None = None) -> None:
+def check_config(config: dict, n_pool: int | None = None, has_base: bool = False) -> None:
     """The one validation point of a run config; raises ValueError saying what to change.
 
     Checks that every loop key is there, sizes are positive, fractions in range, and (with
-    ``n_pool``) that the pool holds the final budget.
+    ``n_pool``) that the pool holds the final budget. ``start_size`` may be 0 only when the
+    data carries base samples (``has_base``: the first model is trained on those alone).
     """
     missing = [k for k in LOOP_KEYS if k not in config]
     if missing:
         raise ValueError(f"config lacks the loop hyperparameters {missing}")
-    for key in ("start_size", "batch_size", "epochs", "fit_batch_size", "threads"):
+    if has_base and config["start_size"] == 0:
+        pass
+    elif not isinstance(config["start_size"], int) or config["start_size"] <= 0:
+        raise ValueError(f"start_size must be a positive integer, got {config['start_size']!r}"
+                         + ("" if has_base else " (0 only for data with base samples labeled before the run)"))
+    for key in ("batch_size", "epochs", "fit_batch_size", "threads"):
         if not isinstance(config[key], int) or config[key] <= 0:
             raise ValueError(f"{key} must be a positive integer, got {config[key]!r}")
     for key in ("n_steps", "patience", "pool_subsample", "train_steps"):
@@ -320,6 +327,14 @@ def step_record(step: int, labeled_idx: np.ndarray, selected: np.ndarray, data: 
 
 
 # --------------------------------------------------------------------------- the loop
+def training_set(data: Dataset, labeled_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What a step's model is trained on: the base samples, if any, then the selected ones."""
+    x, y = data.x_train[labeled_idx], data.y_train[labeled_idx]
+    if data.has_base:
+        x, y = np.concatenate([data.x_base, x]), np.concatenate([data.y_base, y])
+    return x, y
+
+
 def run_active_learning(*, dataset: str, data: Dataset, build_model: Callable, config: dict,
                         strategy: str, seed: int, results_dir: str | os.PathLike,
                         fresh: bool = False, on_step: Callable[[dict], None] | None = None) -> dict:
@@ -339,7 +354,7 @@ def run_active_learning(*, dataset: str, data: Dataset, build_model: Callable, c
     """
     query = get_strategy(strategy)
     n_pool, n_classes = len(data.x_train), len(data.class_names)
-    check_config(config, n_pool)
+    check_config(config, n_pool, data.has_base)
     path = runs.run_path(Path(results_dir), dataset, strategy, seed)
     runs.remove_stale_tmp(path)  # left by a writer killed mid-write (one writer per run)
 
@@ -366,8 +381,8 @@ def run_active_learning(*, dataset: str, data: Dataset, build_model: Callable, c
         if step > 0:
             labeled_idx = np.concatenate(selected[:step])
             if model is None and query.uses_model:  # resuming: rebuild the model that scores
-                model = train_fresh_model(build_model, config, data.x_train[labeled_idx],
-                                          data.y_train[labeled_idx], n_classes, [seed, step - 1])
+                model = train_fresh_model(build_model, config, *training_set(data, labeled_idx),
+                                          n_classes, [seed, step - 1])
             t0 = time.perf_counter()
             rng = np.random.default_rng([seed, step])
             model_for_query = model if query.uses_model else None
@@ -375,8 +390,8 @@ def run_active_learning(*, dataset: str, data: Dataset, build_model: Callable, c
             timer["score"] = time.perf_counter() - t0
         labeled_idx = np.concatenate(selected[: step + 1])
         t0 = time.perf_counter()
-        model = train_fresh_model(build_model, config, data.x_train[labeled_idx],
-                                  data.y_train[labeled_idx], n_classes, [seed, step])
+        model = train_fresh_model(build_model, config, *training_set(data, labeled_idx),
+                                  n_classes, [seed, step])
         timer["train"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         metrics = evaluate(model, data)

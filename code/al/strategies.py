@@ -110,6 +110,23 @@ class RandomSampling(QueryStrategy):
         return rng.choice(n_samples(x_unlabeled), size=batch_size, replace=False)
 
 
+class SequentialSampling(QueryStrategy):
+    """The first unlabeled samples in pool order: a baseline, not active learning.
+
+    For a pool in time order, such as the beats of one recording, this is "label the first N
+    beats", the classic patient-specific protocol (the first 5 minutes of each record train the
+    local classifier: AAMI EC57; de Chazal & Reilly 2006). The loop passes the unlabeled
+    samples in dataset order (with ``pool_subsample``: those of the subsample).
+    """
+
+    name = "sequential"
+    uses_model = False
+
+    def select(self, model, x_unlabeled, batch_size, rng, x_labeled):
+        check_batch(n_samples(x_unlabeled), batch_size)
+        return np.arange(batch_size)
+
+
 class ScoreStrategy(QueryStrategy):
     """Top-k selection by a score computed from predicted class probabilities."""
 
@@ -736,7 +753,7 @@ class TypiClustModelSampling(TypiClustSampling):
 
 STRATEGIES: dict[str, type[QueryStrategy]] = {
     cls.name: cls
-    for cls in (RandomSampling, EntropySampling, LeastConfidenceSampling, MarginSampling,
+    for cls in (RandomSampling, SequentialSampling, EntropySampling, LeastConfidenceSampling, MarginSampling,
                 BALDSampling, MCEntropySampling, CoreSetSampling, BadgeSampling,
                 TypiClustDefault, TypiClustSampling, TypiClustModelSampling)
 }
