@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from al import runs
+from al import keras_ops, loop, runs
 from al.data_common import DataCorruptError, DataNotFoundError, resolve_repo_path
-from al.stopping import CV_FORMAT, cv_path
+from al.stopping import CV_FORMAT, cross_validated_macro_f1, cv_path
 
 # --- what is replayed
 STRATEGIES = []        # empty: every strategy with complete runs in the folder
@@ -82,9 +82,6 @@ def previous_record(path: Path, run: dict, max_folds: int) -> dict | None:
 
 def replay_run(run_file: Path, run: dict, data, module, every: int, max_folds: int) -> dict:
     """Cross-validate the labeled set of every ``every``-th step (and the last) of ``run``."""
-    from al.keras_ops import predict_proba
-    from al.loop import train_fresh_model
-    from al.stopping import cross_validated_macro_f1
     path = cv_path(run_file)
     record = previous_record(path, run, max_folds) or {
         "format": CV_FORMAT, "dataset": run["dataset"], "strategy": run["strategy"], "seed": run["seed"],
@@ -102,9 +99,9 @@ def replay_run(run_file: Path, run: dict, data, module, every: int, max_folds: i
         x, y = data.x_train[labeled], data.y_train[labeled]
 
         def fit_predict(x_fit, y_fit, x_held_out, fold):
-            model = train_fresh_model(module.build_model, config, x_fit, y_fit, n_classes,
+            model = loop.train_fresh_model(module.build_model, config, x_fit, y_fit, n_classes,
                                       [seed, step, CV_STREAM, fold])
-            return predict_proba(model, x_held_out).argmax(axis=1)
+            return keras_ops.predict_proba(model, x_held_out).argmax(axis=1)
 
         started = time.perf_counter()
         score, folds, note = cross_validated_macro_f1(fit_predict, x, y, n_classes, seed, max_folds)
@@ -152,8 +149,7 @@ def main(argv=None) -> int:
     threads = {run["config"]["threads"] for _, run in chosen}
     if len(threads) > 1:
         raise SystemExit(f"error: the runs used different thread counts {sorted(threads)}; replay them separately")
-    from al.keras_ops import configure_tensorflow
-    configure_tensorflow(threads.pop())
+    keras_ops.configure_tensorflow(threads.pop())
     loaded = {}
     for path, run in chosen:
         module = script_for(run["dataset"])

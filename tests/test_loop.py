@@ -771,3 +771,17 @@ def test_base_samples_change_the_data_hash_and_their_absence_keeps_the_old_one(s
     with pytest.raises(ValueError, match="give both or neither"):
         data_common.Dataset(plain.x_train, plain.y_train, plain.x_test, plain.y_test, plain.class_names,
                             source="s", x_base=plain.x_train[:3])
+
+
+def test_per_step_batch_sizes_set_each_steps_selection(synthetic_dataset, build_model, tmp_path):
+    result = run(synthetic_dataset, build_model, tmp_path, strategy="random",
+                 config={**CONFIG, "batch_sizes": [5, 15]})
+    assert [s["n_labeled"] for s in result["steps"]] == [20, 25, 40]
+    assert [len(s["selected"]) for s in result["steps"]] == [20, 5, 15]
+    assert loop.final_budget({**CONFIG, "batch_sizes": [5, 15]}) == 40
+
+
+@pytest.mark.parametrize("sizes", [[5], [5, 0], [5, 2.5]])
+def test_per_step_batch_sizes_need_one_positive_integer_per_step(sizes):
+    with pytest.raises(ValueError, match="one positive integer per step"):
+        loop.check_config({**CONFIG, "batch_sizes": sizes})

@@ -139,7 +139,7 @@ def test_config_differences_list_every_differing_key():
 def test_a_key_added_later_matches_runs_that_lack_it_only_at_its_old_behaviour_value():
     # rr_features arrived after the first MIT-BIH runs: those ran without RR features;
     # evaluate_on after the first runs, which were all scored on the test set
-    assert runs.LATER_KEYS == {"rr_features": 0, "evaluate_on": "test"}
+    assert runs.LATER_KEYS == {"rr_features": 0, "evaluate_on": "test", "batch_sizes": []}
     assert runs.differing_keys({"a": 1}, {"a": 1, "rr_features": 0, "evaluate_on": "test"}) == []
     assert runs.differing_keys({"a": 1}, {"a": 1, "evaluate_on": "dev"}) == ["evaluate_on"]
     assert runs.config_differences({"a": 1}, {"a": 1, "rr_features": 1}) == ["rr_features: None on disk vs 1 now"]

@@ -126,8 +126,8 @@ def parse_config(dataset: str, defaults: dict, argv=None, doc=None):
     if args.address and args.backend != "ray":
         raise SystemExit("error: --address needs --backend ray")
     grid = {k: values.pop(k) for k in GRID_KEYS}
-    try:
-        check_config(values)
+    try:  # start_size 0 needs base samples: checked again once the data is loaded
+        check_config(values, has_base=True)
     except ValueError as err:
         raise SystemExit(f"error: {option_names(str(err))}") from None
     if args.results_dir is None:

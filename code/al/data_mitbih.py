@@ -97,6 +97,7 @@ import json
 import time
 import warnings
 import zipfile
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -701,3 +702,49 @@ def load_mitbih(data_dir=None, split="intra", cache_dir=None, split_seed=0,
         raise DataNotFoundError(_not_found_message(tried) + "\n(Download was not allowed.)")
     records_dir = _download_records(tried)
     return _load_records(records_dir, cache_dir, split, split_seed, test_fraction, rr_features)
+
+
+@dataclass(frozen=True)
+class RecordBeats:
+    """Every beat of the 48 records in record order and, within a record, in time order.
+
+    ``x`` float32 (n, BEAT_LENGTH), or (n, BEAT_LENGTH + 7) with the RR features appended as in
+    :func:`load_mitbih`; ``y`` AAMI class indices; ``record_ids`` the record number of each
+    beat; ``source`` where they came from (with paths) and ``origin`` what they are (without).
+    """
+    x: np.ndarray
+    y: np.ndarray
+    record_ids: np.ndarray
+    source: str
+    origin: str
+
+
+def load_record_beats(data_dir=None, cache_dir=None, rr_features=True, download=True) -> RecordBeats:
+    """The beats of every record with their record numbers, from the raw mitdb records.
+
+    For experiments per patient (``code/mitbih_patient.py``); same lookup order, caches and
+    errors as :func:`load_mitbih` with ``split="inter"`` (the Kaggle CSVs carry no record
+    numbers and are refused).
+    """
+    cache_dir = (resolve_repo_path(cache_dir) if cache_dir is not None
+                 else data_common.DEFAULT_DATA_ROOT / "mitbih")
+    tried = candidate_dirs("mitbih", data_dir)
+    records_dir = None
+    for directory in tried:
+        records_dir = _records_dir(directory)
+        if records_dir:
+            break
+        if _csv_paths(directory):
+            raise DataNotFoundError(_csv_only_message(directory, "inter", rr_features))
+    if records_dir is None:
+        if not download:
+            raise DataNotFoundError(_not_found_message(tried) + "\n(Download was not allowed.)")
+        records_dir = _download_records(tried)
+    x, y, record_ids, cache_path = _cached_beats(records_dir, cache_dir)
+    recipe = f"beat recipe {RECIPE_HASH}"
+    if rr_features:
+        rr, _ = _cached_rr_features(records_dir, cache_dir, record_ids, cache_path)
+        x = np.concatenate([x, rr_model_inputs(rr)], axis=1)
+        recipe += f", RR features {RR_HASH} (log, appended)"
+    return RecordBeats(x, y, record_ids, source=f"mitdb records at {records_dir} (beats cached in {cache_path})",
+                       origin=f"PhysioNet mitdb records, {recipe}")

@@ -6,7 +6,8 @@ Protocol (one run = one strategy under one seed):
    under the same seed starts from the same set (paired comparison);
 2. train a *fresh* model on all labeled samples (and the data's base samples, labeled before
    the run, if it has any: then ``start_size`` may be 0) and evaluate it on the full test set;
-3. ``n_steps`` times: let the strategy pick ``batch_size`` new samples from the unlabeled
+3. ``n_steps`` times: let the strategy pick ``batch_size`` new samples (step k:
+   ``batch_sizes[k - 1]`` when the config lists them) from the unlabeled
    pool, retrain a fresh model, evaluate.
 
 Labels are the budget: training, early stopping and class weights only ever see the
@@ -61,8 +62,15 @@ class ModifiedRunError(ConfigMismatchError):
 
 # --------------------------------------------------------------------------- the config
 def final_budget(config: dict) -> int:
-    """Labels at the end of a run: ``start_size + n_steps * batch_size``."""
-    return int(config["start_size"]) + int(config["n_steps"]) * int(config["batch_size"])
+    """Labels at the end of a run: ``start_size`` plus every step's batch."""
+    return int(config["start_size"]) + sum(batch_size_at(config, k) for k in range(1, int(config["n_steps"]) + 1))
+
+
+def batch_size_at(config: dict, step: int) -> int:
+    """Samples selected at ``step`` (1..n_steps): ``batch_sizes[step - 1]`` if the config lists
+    per-step sizes (for budgets such as 0, 5, 10, 20, 40, 80), else ``batch_size``."""
+    sizes = config.get("batch_sizes") or []
+    return int(sizes[step - 1]) if sizes else int(config["batch_size"])
 
 
 def check_config(config: dict, n_pool: int | None = None, has_base: bool = False) -> None:
@@ -94,13 +102,19 @@ def check_config(config: dict, n_pool: int | None = None, has_base: bool = False
         raise ValueError(f"class_weight must be one of {CLASS_WEIGHT_MODES}, got {config['class_weight']!r}")
     if (config.get("lr_schedule") or "constant") not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {config['lr_schedule']!r}")
+    sizes = config.get("batch_sizes") or []
+    if sizes and (len(sizes) != config["n_steps"] or not all(isinstance(b, int) and b > 0 for b in sizes)):
+        raise ValueError(f"batch_sizes must list one positive integer per step (n_steps = {config['n_steps']}), "
+                         f"got {sizes!r}")
     subsample = config["pool_subsample"]
+    if sizes and 0 < subsample < max(sizes):
+        raise ValueError(f"pool_subsample ({subsample}) must be 0 (off) or at least the largest batch ({max(sizes)})")
     if 0 < subsample < config["batch_size"]:
         raise ValueError(f"pool_subsample ({subsample}) must be 0 (off) or at least batch_size "
                          f"({config['batch_size']}): each step scores that many samples.")
     if n_pool is not None and final_budget(config) > n_pool:
         raise ValueError(
-            f"start_size + n_steps * batch_size = {final_budget(config)} labels, but the pool holds "
+            f"start_size + the steps' batches = {final_budget(config)} labels, but the pool holds "
             f"only {n_pool} samples; lower start_size, batch_size or n_steps.")
 
 
@@ -222,17 +236,19 @@ def evaluate(model, data: Dataset) -> dict:
 
 # --------------------------------------------------------------------------- selection
 def select_next(strategy, model, data: Dataset, labeled_idx: np.ndarray, config: dict,
-                rng: np.random.Generator) -> np.ndarray:
-    """Dataset indices of the next batch: never already labeled, never repeated."""
+                rng: np.random.Generator, batch_size: int | None = None) -> np.ndarray:
+    """Dataset indices of the next batch (``batch_size``, default the config's): never
+    already labeled, never repeated."""
+    batch_size = int(config["batch_size"] if batch_size is None else batch_size)
     unlabeled_idx = np.setdiff1d(np.arange(len(data.x_train)), labeled_idx)
     subsample = int(config.get("pool_subsample") or 0)
     if 0 < subsample < len(unlabeled_idx):
         # Optional speed-up: score a random part of the pool (off by default).
         unlabeled_idx = np.sort(rng.choice(unlabeled_idx, subsample, replace=False))
-    positions = strategy.select(model, data.x_train[unlabeled_idx], config["batch_size"], rng,
+    positions = strategy.select(model, data.x_train[unlabeled_idx], batch_size, rng,
                                 data.x_train[labeled_idx])
     chosen = unlabeled_idx[np.asarray(positions, dtype=np.int64)]
-    if len(np.unique(chosen)) != config["batch_size"]:
+    if len(np.unique(chosen)) != batch_size:
         raise RuntimeError(f"strategy {strategy.name} returned duplicate or too few samples")
     return chosen
 
@@ -386,7 +402,8 @@ def run_active_learning(*, dataset: str, data: Dataset, build_model: Callable, c
             t0 = time.perf_counter()
             rng = np.random.default_rng([seed, step])
             model_for_query = model if query.uses_model else None
-            selected.append(select_next(query, model_for_query, data, labeled_idx, config, rng))
+            selected.append(select_next(query, model_for_query, data, labeled_idx, config, rng,
+                                        batch_size_at(config, step)))
             timer["score"] = time.perf_counter() - t0
         labeled_idx = np.concatenate(selected[: step + 1])
         t0 = time.perf_counter()

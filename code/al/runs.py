@@ -210,7 +210,10 @@ def _integer(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _step_problems(i: int, step, previous_n: int) -> list[str]:
+def _step_problems(i: int, step, previous_n: int, empty_start: bool = False) -> list[str]:
+    """What is wrong with step ``i``; ``empty_start``: the run's data has base samples, so its
+    first step may hold no selected samples (start_size 0)."""
+    may_be_empty = empty_start and i == 0
     if not isinstance(step, dict):
         return [f"step {i} is malformed (not an object)"]
     lost = [k for k in STEP_KEYS if k not in step]
@@ -218,7 +221,7 @@ def _step_problems(i: int, step, previous_n: int) -> list[str]:
         return [f"step {i} is malformed (missing {lost} or out of order)"]
     unknown = sorted(set(step) - set(STEP_KEYS) - set(OPTIONAL_STEP_KEYS))
     bad = [f"unexpected keys {unknown}"] if unknown else []
-    if not _integer(step["n_labeled"]) or step["n_labeled"] <= previous_n:
+    if not _integer(step["n_labeled"]) or step["n_labeled"] < (0 if may_be_empty else previous_n + 1):
         bad.append("n_labeled (a growing positive int)")
     for key in ("macro_f1", "accuracy"):
         if not (_number(step[key]) and 0 <= step[key] <= 1):
@@ -234,7 +237,7 @@ def _step_problems(i: int, step, previous_n: int) -> list[str]:
         if (key in step or key != "finished_at") and not (_number(step.get(key)) and step[key] >= 0):
             bad.append(f"{key} (a number >= 0)")
     selected = step["selected"]
-    if not (isinstance(selected, list) and selected and all(_integer(v) and v >= 0 for v in selected)):
+    if not (isinstance(selected, list) and (selected or may_be_empty) and all(_integer(v) and v >= 0 for v in selected)):
         bad.append("selected (a non-empty list of dataset indices)")
     if "stop_set_predictions" in step and not isinstance(step["stop_set_predictions"], str):
         bad.append("stop_set_predictions (a base64 string)")
@@ -276,8 +279,9 @@ def schema_problems(run) -> list[str]:
     if not isinstance(run["provenance"].get("data"), dict):
         return ["provenance.data should be an object (origin, sha256)"]
     previous_n, seen = 0, set()
+    empty_start = "n_base" in run["provenance"]["data"]
     for i, step in enumerate(run["steps"]):
-        step_problems = _step_problems(i, step, previous_n)
+        step_problems = _step_problems(i, step, previous_n, empty_start)
         problems += step_problems
         if step_problems:
             continue
@@ -336,7 +340,7 @@ def run_files(folder: Path) -> list[Path]:
 # --------------------------------------------------------------------------- comparing
 # Hyperparameters added after run files were first written, each with the value that does
 # what the code did before the key existed: a run file without the key ran with that value.
-LATER_KEYS = {"rr_features": 0, "evaluate_on": "test"}
+LATER_KEYS = {"rr_features": 0, "evaluate_on": "test", "batch_sizes": []}
 
 
 def differing_keys(old: dict, new: dict) -> list[str]:
