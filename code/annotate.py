@@ -630,7 +630,8 @@ def macro_f1(y_true, y_pred, labels) -> float:
 def cross_validated_f1(spec: ModelSpec, x, y, n_classes: int, seed: int) -> tuple[float | None, int, str]:
     """Stratified k-fold macro-F1 on the labels (:func:`al.stopping.cross_validated_macro_f1`)."""
     def fit_predict(x_fit, y_fit, x_held_out, fold):
-        model = train(spec, x_fit, y_fit, n_classes, [seed, len(y), fold + 1])
+        # the count of the labels cross-validation uses (single-label classes left out)
+        model = train(spec, x_fit, y_fit, n_classes, [seed, len(y_fit) + len(x_held_out), fold + 1])
         return predict_proba(model, spec.prepare(x_held_out)).argmax(axis=1)
     return cross_validated_macro_f1(fit_predict, x, y, n_classes, seed, MAX_CV_FOLDS)
 

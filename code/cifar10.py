@@ -14,7 +14,7 @@ from al.data_common import protocol_split
 # --- data
 DEV_SIZE = 5000        # images held out of the pool as the development split (never scored by the protocol)
 EVALUATE_ON = "test"   # "test": the reported evaluation; "dev": score steps on the development
-                       # split instead, to choose strategy settings (results go to their own folder)
+                       # split instead, to choose strategy settings (give such runs their own --results-dir)
 
 # --- active-learning protocol
 START_SIZE = 256

@@ -21,7 +21,7 @@ from al.data_mitbih import load_mitbih
 SPLIT = "intra"        # "intra": stratified 80/20 over beats; "inter": patients DS1 -> DS2
 DEV_SIZE = 10000       # beats held out of the pool as the development split (never scored by the protocol)
 EVALUATE_ON = "test"   # "test": the reported evaluation; "dev": score steps on the development
-                       # split instead, to choose strategy settings (results go to their own folder)
+                       # split instead, to choose strategy settings (give such runs their own --results-dir)
 RR_FEATURES = 0        # 1: append each beat's 7 RR features (pre/post/local/record-mean RR, ratios;
                        # needs the raw records) and feed them to the dense layers; results in *_rr/
 # --- active-learning protocol

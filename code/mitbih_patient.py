@@ -36,7 +36,8 @@ import numpy as np
 import mitbih
 from al import cli, data_common, keras_ops, loop, models, runs
 from al.data_common import Dataset
-from al.data_mitbih import CLASS_NAMES, DS1, DS2, load_record_beats
+from al import data_mitbih
+from al.data_mitbih import load_record_beats
 
 # --- the patients
 RECORD = 0             # one DS2 record, or 0: each of the 22 DS2 records in turn
@@ -70,7 +71,8 @@ CLASS_WEIGHT = "none"
 GLOBAL_SEED = 0
 GLOBAL_TRAIN_STEPS = 1000  # the protocol recipe's count (chosen at 256-2944 labels; not tuned for 51k)
 
-GLOBAL_STREAM = 2 ** 31 - 3  # the global model's seed sequence: [GLOBAL_SEED, GLOBAL_STREAM]
+_GLOBAL_STREAM = 2 ** 31 - 3  # the global model's seed sequence: [GLOBAL_SEED, _GLOBAL_STREAM]
+# (a leading underscore: not an option)
 
 
 def global_config(config: dict) -> dict:
@@ -96,12 +98,12 @@ def global_features(config: dict, data_dir=None) -> dict:
             return {k: cached[k] for k in ("features", "y", "record_ids")} | {"source": beats.source,
                                                                              "cache": str(path)}
     keras_ops.configure_tensorflow(config["threads"])
-    keep = np.isin(beats.record_ids, DS1 + DS2)
+    keep = np.isin(beats.record_ids, data_mitbih.DS1 + data_mitbih.DS2)
     x, y, record_ids = beats.x[keep][..., None], beats.y[keep], beats.record_ids[keep]
-    train = np.isin(record_ids, DS1)
+    train = np.isin(record_ids, data_mitbih.DS1)
     print(f"Training the global model on {int(train.sum())} DS1 beats (once; cached in {path}) ...", flush=True)
-    model = loop.train_fresh_model(mitbih.build_model, global_config(config), x[train], y[train], len(CLASS_NAMES),
-                              [config["global_seed"], GLOBAL_STREAM])
+    model = loop.train_fresh_model(mitbih.build_model, global_config(config), x[train], y[train], len(data_mitbih.CLASS_NAMES),
+                              [config["global_seed"], _GLOBAL_STREAM])
     features, _ = keras_ops.embed_and_predict(model, x, purpose="patient features")
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
@@ -115,26 +117,26 @@ def common_set(y: np.ndarray, candidates: np.ndarray, per_class: int, seed: int)
     """Up to ``per_class`` indices of each class among ``candidates``, drawn from ``seed``, sorted."""
     rng = np.random.default_rng([seed, 1])
     chosen = [rng.choice(members, min(per_class, len(members)), replace=False)
-              for c in range(len(CLASS_NAMES)) if len(members := candidates[y[candidates] == c])]
+              for c in range(len(data_mitbih.CLASS_NAMES)) if len(members := candidates[y[candidates] == c])]
     return np.sort(np.concatenate(chosen))
 
 
 def load_data(config, data_dir=None):
     record = config["record"]
-    if record not in DS2:
-        raise ValueError(f"--record {record} is not a DS2 record; choose one of {', '.join(map(str, DS2))}")
+    if record not in data_mitbih.DS2:
+        raise ValueError(f"--record {record} is not a DS2 record; choose one of {', '.join(map(str, data_mitbih.DS2))}")
     if not 0 < config["pool_fraction"] < 1:
         raise ValueError(f"--pool-fraction must lie strictly between 0 and 1, got {config['pool_fraction']}")
     f = global_features(config, data_dir)
     beats = np.flatnonzero(f["record_ids"] == record)  # in time order
     n_pool = int(round(len(beats) * config["pool_fraction"]))
     pool, test = beats[:n_pool], beats[n_pool:]
-    base = common_set(f["y"], np.flatnonzero(np.isin(f["record_ids"], DS1)), config["base_per_class"],
+    base = common_set(f["y"], np.flatnonzero(np.isin(f["record_ids"], data_mitbih.DS1)), config["base_per_class"],
                       config["base_seed"])
     x, y = f["features"], f["y"]
     how = (f"record {record}: first {n_pool} beats the pool, last {len(test)} the test set; "
            f"{len(base)} DS1 beats in every training set")
-    return Dataset(x[pool], y[pool], x[test], y[test], CLASS_NAMES,
+    return Dataset(x[pool], y[pool], x[test], y[test], data_mitbih.CLASS_NAMES,
                    source=f"global-model features ({f['cache']}) of {f['source']}; {how}",
                    origin=f"MIT-BIH patient adaptation, global-model features; {how}",
                    x_base=x[base], y_base=y[base])
@@ -153,9 +155,9 @@ def main(argv=None) -> None:
     wanted.add_argument("--record", type=int, default=RECORD)
     wanted.add_argument("--results-dir", default=None)
     known, _ = wanted.parse_known_args(argv)
-    if known.results_dir is None:
+    if known.results_dir is None and "--quick" not in argv:
         argv += ["--results-dir", str(cli.DEFAULT_RESULTS / "mitbih_patient")]
-    records = [known.record] if known.record else list(DS2)
+    records = [known.record] if known.record else list(data_mitbih.DS2)
     for record in records:
         cli.main(results_name, {**globals(), "RECORD": record}, load_data, build_model,
                  argv=argv + (["--record", str(record)] if not known.record else []))

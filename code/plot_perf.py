@@ -450,8 +450,8 @@ PATIENT_FIGURES = ("VEB Se", "VEB +P", "SVEB Se", "SVEB +P")
 def patient_frames(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """From ``root/record_<n>/`` run folders (``code/mitbih_patient.py``): one row per (record,
     strategy, seed, labels) with the test confusion matrix, and the gross figures per (strategy,
-    seed, labels): the confusion matrices of the records that every strategy-seed has at that
-    budget added up, then Se / +P (the AAMI gross statistic)."""
+    seed, labels): that run's confusion matrices added up over the records it has at that
+    budget, then Se / +P (the AAMI gross statistic), with the number of records."""
     rows = []
     for folder in sorted(root.glob("record_*")):
         for run in load_runs(folder)[0]:
@@ -484,7 +484,8 @@ def patient_report(root: Path) -> tuple[list[str], pd.DataFrame]:
         return lines + ["No run files with confusion matrices yet."], gross
     complete = gross[gross.records == gross.records.max()]
     strategies = [s for s in [BASELINE, *sorted(set(complete.strategy) - {BASELINE})] if s in set(complete.strategy)]
-    lines += [f"Records: {int(gross.records.max())}; budgets where some runs are missing records are left out.", "",
+    lines += [f"Records: {int(gross.records.max())}; a (strategy, seed, budget) that does not have every record "
+              "yet is left out.", "",
               "| labels | strategy (seeds) | " + " | ".join(PATIENT_FIGURES) + " | macro-F1 NSVF |",
               "|" + "---|" * (len(PATIENT_FIGURES) + 3)]
     for n in sorted(set(complete.n_labeled)):
@@ -617,13 +618,14 @@ def paired_differences(df: pd.DataFrame, strategy: str) -> pd.DataFrame:
                      "std": float(diff.std()) if len(diff) > 1 else np.nan, "pairs": len(diff),
                      "p": paired_wilcoxon(at, "macro_f1", strategy, BASELINE)})
     out = pd.DataFrame(rows, columns=["n_labeled", "mean", "std", "pairs", "p"])
-    out["p_holm"] = holm(out.p.tolist()) if len(out) else []
+    out = out[out.pairs > 0].reset_index(drop=True)  # budgets no pair of runs has reached yet
+    out["p_holm"] = holm([None if pd.isna(p) else float(p) for p in out.p]) if len(out) else []
     return out
 
 
 def crossover_budget(diffs: pd.DataFrame) -> int | None:
     """First budget from which the strategy's mean paired gain over random stays above 0
-    (None: it ends at or below random)."""
+    (None: it ends at or below random), over the budgets ``diffs`` holds."""
     gain = diffs["mean"].to_numpy()
     if not len(gain) or not gain[-1] > 0:
         return None
@@ -681,7 +683,12 @@ def crossover_report(low_root: Path, standard_root: Path) -> tuple[list[str], di
                 worse_holm = d[(d["mean"] < 0) & (d.p_holm.astype(float) < 0.05)].n_labeled.tolist()
                 better_holm = d[(d["mean"] > 0) & (d.p_holm.astype(float) < 0.05)].n_labeled.tolist()
                 cross = crossover_budget(d)
-                lines.append(f"- {s}: crossover {cross if cross is not None else 'none (ends at or below random)'}; "
+                last = int(d.n_labeled.max()) if len(d) else None
+                if last is None or last < int(df.n_labeled.max()):
+                    verdict = f"incomplete (paired runs up to {last} labels of {int(df.n_labeled.max())})"
+                else:
+                    verdict = str(cross) if cross is not None else "none (ends at or below random)"
+                lines.append(f"- {s}: crossover {verdict}; "
                              f"below random at p < 0.05: {worse or 'none'} (Holm: {worse_holm or 'none'}); "
                              f"above at p < 0.05: {better or 'none'} (Holm: {better_holm or 'none'})")
             lines.append("")

@@ -8,8 +8,8 @@ stopping criterion (``al.stopping.LearningCurve``).
 The protocol's run files hold what the label-free criteria read (the stop-set predictions)
 but not the learning curve's statistic: cross-validated macro-F1 *of the labeled set*, which
 needs fresh models per fold. This script recomputes it afterwards for each step of each
-complete run, exactly as a live session would (``annotate.py status`` uses the same
-function, :func:`al.stopping.cross_validated_macro_f1`): stratified k-fold over the labels
+complete run the way a live session does (``annotate.py status`` uses the same function,
+:func:`al.stopping.cross_validated_macro_f1`, with its own trainer and up to 5 folds): stratified k-fold over the labels
 selected up to that step, a fresh model per fold with the run's own recipe
 (``<script>.build_model`` and ``al.loop.train_fresh_model`` with the run's config), no
 label outside the selected set and never the test set.
@@ -160,6 +160,9 @@ def main(argv=None) -> int:
             except (DataNotFoundError, DataCorruptError, ValueError) as err:
                 raise SystemExit(f"error: {err}") from None
         data = loaded[key]
+        if data.has_base:
+            raise SystemExit(f"error: {path}: the run's data has base samples (code/mitbih_patient.py); "
+                             "cross-validating them is not supported")
         difference = runs.data_difference(run, data.provenance())
         if difference:
             raise SystemExit(f"error: {path}: {difference}; replay needs the data the run was made on")

@@ -785,3 +785,26 @@ def test_per_step_batch_sizes_set_each_steps_selection(synthetic_dataset, build_
 def test_per_step_batch_sizes_need_one_positive_integer_per_step(sizes):
     with pytest.raises(ValueError, match="one positive integer per step"):
         loop.check_config({**CONFIG, "batch_sizes": sizes})
+
+
+def test_the_hash_of_data_without_base_samples_is_the_one_earlier_runs_recorded():
+    # computed with the code before base samples existed (commit 7d860db)
+    x = np.arange(24, dtype=np.float32).reshape(6, 4)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    data = data_common.Dataset(x, y, x[:3], y[:3], ("a", "b", "c"), source="s")
+    assert data.sha256 == "4527d7da60f0c3cf63822be12bd4ce6a765230fbf03b7fded7230e1c83defa52"
+
+
+def test_a_run_with_an_empty_first_step_resumes_to_the_same_selections(synthetic_dataset, build_model, tmp_path):
+    data = with_base(synthetic_dataset)
+    config = {**CONFIG, "start_size": 0}
+    finished = run(data, build_model, tmp_path / "a", strategy="margin", config=config)
+    partial(tmp_path / "a", tmp_path / "b", strategy="margin", n_steps=1)  # only the empty step 0
+    resumed = run(data, build_model, tmp_path / "b", strategy="margin", config=config)
+    assert selections(resumed) == selections(finished) and resumed["complete"]
+
+
+def test_sequential_takes_the_next_beats_in_order_at_every_step(synthetic_dataset, build_model, tmp_path):
+    data = with_base(synthetic_dataset)
+    result = run(data, build_model, tmp_path, strategy="sequential", config={**CONFIG, "start_size": 0})
+    assert selections(result) == [[], list(range(0, 10)), list(range(10, 20))]

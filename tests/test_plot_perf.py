@@ -540,3 +540,21 @@ def test_crossover_report_covers_both_protocols_and_names_significant_budgets(tm
     assert "crossover 40" in low_line and "below random at p < 0.05: [30]" in low_line
     assert "above at p < 0.05: [40, 50]" in low_line
     assert plot_perf.main(["--crossover", str(tmp_path / "nowhere"), str(results)]) == 1
+
+
+def test_budgets_without_pairs_leave_the_holm_family_and_mark_the_crossover_incomplete(tmp_path, results):
+    runs_ = plot_perf.load_runs(results / "toy")[0]
+    df = plot_perf.curves(runs_)
+    # entropy seeds 1 and 2 stop before 40 labels: one pair left there, none for a seed-less budget
+    df = df[~((df.strategy == "entropy") & (df.seed > 0) & (df.n_labeled == 40))]
+    diffs = plot_perf.paired_differences(df, "entropy").set_index("n_labeled")
+    assert diffs.loc[40, "pairs"] == 1 and pd.isna(diffs.loc[40, "p"]) and pd.isna(diffs.loc[40, "p_holm"])
+    assert diffs.loc[30, "p_holm"] == pytest.approx(0.25)  # a family of one test: Holm leaves it alone
+    df = df[~((df.strategy == "entropy") & (df.n_labeled == 40))]
+    assert list(plot_perf.paired_differences(df, "entropy").n_labeled) == [30]
+    low = tmp_path / "low"
+    for seed in range(3):
+        write_run(low / "toy", run_dict("random", seed, [0.3, 0.5, 0.6]))
+        write_run(low / "toy", run_dict("entropy", seed, [0.3, 0.6], complete=False))
+    assert plot_perf.main(["--crossover", str(low), str(results)]) == 0
+    assert "crossover incomplete (paired runs up to 30 labels of 40)" in (low / "crossover.md").read_text()

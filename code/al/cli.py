@@ -116,6 +116,8 @@ def parse_config(dataset: str, defaults: dict, argv=None, doc=None):
     values = {k: getattr(args, k) for k in defaults}
     if args.quick:
         values.update({k: min(values[k], v) for k, v in QUICK.items() if k in values})
+        if values.get("batch_sizes"):  # per-step batches: keep those of the steps that remain
+            values["batch_sizes"] = values["batch_sizes"][: values["n_steps"]]
     values["threads"] = args.threads
     if values["n_seeds"] <= 0:
         raise SystemExit(f"error: --n-seeds must be positive, got {values['n_seeds']}")

@@ -120,7 +120,8 @@ def hold_out_dev(data: Dataset, size: int, seed: int = 0) -> tuple[Dataset, tupl
     keep, dev = np.sort(keep), np.sort(dev)
     pool = Dataset(data.x_train[keep], data.y_train[keep], data.x_test, data.y_test, data.class_names,
                    source=f"{data.source}; {size} samples held out as the development split (seed {seed})",
-                   origin=f"{data.origin}; development split of {size} (seed {seed}) held out")
+                   origin=f"{data.origin}; development split of {size} (seed {seed}) held out",
+                   x_base=data.x_base, y_base=data.y_base)
     return pool, (data.x_train[dev], data.y_train[dev])
 
 
@@ -146,7 +147,8 @@ def protocol_split(data: Dataset, config: dict) -> Dataset:
         raise ValueError("--evaluate-on dev needs a development split: pass --dev-size N with N > 0")
     return Dataset(pool.x_train, pool.y_train, x_dev, y_dev, pool.class_names,
                    source=f"{pool.source}; evaluated on the development split, not the test set",
-                   origin=f"{pool.origin}; evaluated on the development split, not the test set")
+                   origin=f"{pool.origin}; evaluated on the development split, not the test set",
+                   x_base=pool.x_base, y_base=pool.y_base)
 
 
 def candidate_dirs(dataset: str, data_dir: str | os.PathLike | None = None) -> list[Path]:

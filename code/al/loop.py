@@ -11,7 +11,7 @@ Protocol (one run = one strategy under one seed):
    pool, retrain a fresh model, evaluate.
 
 Labels are the budget: training, early stopping and class weights only ever see the
-selected samples; the test set is used for the reported evaluation and nothing else.
+selected samples (and the data's base samples, labeled before the run, when it has any); the test set is used for the reported evaluation and nothing else.
 
 After every step the whole run file (``al.runs``) is replaced atomically, with the step's
 ``selected`` dataset indices, so an interrupted run loses at most the step in progress.
@@ -109,7 +109,7 @@ def check_config(config: dict, n_pool: int | None = None, has_base: bool = False
     subsample = config["pool_subsample"]
     if sizes and 0 < subsample < max(sizes):
         raise ValueError(f"pool_subsample ({subsample}) must be 0 (off) or at least the largest batch ({max(sizes)})")
-    if 0 < subsample < config["batch_size"]:
+    if not sizes and 0 < subsample < config["batch_size"]:
         raise ValueError(f"pool_subsample ({subsample}) must be 0 (off) or at least batch_size "
                          f"({config['batch_size']}): each step scores that many samples.")
     if n_pool is not None and final_budget(config) > n_pool:
