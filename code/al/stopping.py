@@ -327,12 +327,12 @@ def rounds_of_run(run: dict, cv_f1: dict[int, float] | None = None) -> list[Roun
     ``cv_f1`` ({step: F1}, :func:`replayed_cv_f1`) adds cross-validated F1 replayed later."""
     out = []
     cv_f1 = cv_f1 or {}
-    for step in run["steps"]:
+    for i, step in enumerate(run["steps"]):  # step i of a run file is its i-th record
         predictions = step.get("stop_set_predictions")
         out.append(Round(
             n_labeled=step["n_labeled"], n_classes=len(step["per_class_f1"]),
             stop_set_predictions=None if predictions is None else runs.decode_uint8(predictions),
             stop_set_mean_entropy=step.get("stop_set_mean_entropy"),
             stop_set_max_entropy=step.get("stop_set_max_entropy"),
-            cv_macro_f1=cv_f1.get(step["step"], step.get("cv_macro_f1"))))
+            cv_macro_f1=cv_f1.get(i, step.get("cv_macro_f1"))))
     return out
