@@ -61,6 +61,19 @@ def test_mean_knn_distances_never_build_the_n_by_n_matrix():
     assert peak < n * n * 8 / 10, f"peak {peak / 2 ** 20:.1f} MiB: an n x n distance matrix was built"
 
 
+def test_the_pca_embedding_fits_in_float32_without_a_float64_copy_of_the_samples():
+    # 4000 x 784 float32 images are 12.5 MB; one float64 copy alone would be 25 MB.
+    x = np.random.default_rng(0).random((4000, 28, 28, 1), dtype=np.float32)
+    tracemalloc.start()
+    try:
+        embedding = pca_embedding(x)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert embedding.shape == (4000, 50) and embedding.dtype == np.float64
+    assert peak < 2 * x.nbytes, f"peak {peak / 2 ** 20:.1f} MiB for {x.nbytes / 2 ** 20:.1f} MiB of samples"
+
+
 def test_mean_knn_distances_reject_k_outside_1_to_n_minus_1():
     with pytest.raises(ValueError, match="k must lie in 1..2"):
         mean_knn_distances(np.zeros((3, 2)), 3)

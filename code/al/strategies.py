@@ -518,11 +518,15 @@ def _union_rows(x_labeled, x_unlabeled, n_labeled: int, positions: np.ndarray):
     return out
 
 
-def flat_rows(x) -> np.ndarray:
-    """Each sample as one float64 row (a multi-input list: its parts side by side)."""
+def flat_rows(x, dtype=np.float32) -> np.ndarray:
+    """Each sample as one row of ``dtype`` (a multi-input list: its parts side by side).
+
+    A single input that already has ``dtype`` comes back as a reshaped view, not a copy.
+    """
     parts = list(x) if isinstance(x, (list, tuple)) else [x]
     n = n_samples(x)
-    return np.concatenate([np.asarray(p, dtype=np.float64).reshape(n, -1) for p in parts], axis=1)
+    rows = [np.asarray(p, dtype=dtype).reshape(n, -1) for p in parts]
+    return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=1)
 
 
 def pca_embedding(x, n_components: int = TYPICLUST_PCA_COMPONENTS,
@@ -531,16 +535,19 @@ def pca_embedding(x, n_components: int = TYPICLUST_PCA_COMPONENTS,
 
     ``sklearn.decomposition.PCA`` (``svd_solver="auto"``, ``random_state=seed``: a fixed
     seed, so the embedding is a function of ``x`` alone), fit and applied to ``x``; fewer
-    components when ``x`` has fewer samples or features. No labels are involved.
+    components when ``x`` has fewer samples or features. No labels are involved. The fit
+    runs in float32 (scikit-learn keeps the input's precision), so its transient memory is
+    a centred float32 copy of ``x`` rather than float64 copies (README "TypiClust" gives
+    the measured peak of a run).
 
     Returns an array of shape (n_samples(x), min(n_components, n_samples, n_features)), float64.
     """
     from sklearn.decomposition import PCA
-    flat = flat_rows(x)
+    flat = flat_rows(x, np.float32)
     k = min(int(n_components), *flat.shape)
     if len(flat) < 2 or k < 1:  # nothing to fit: one point (or none) has no directions
         return np.zeros((len(flat), 1))
-    return PCA(n_components=k, random_state=seed).fit_transform(flat)
+    return PCA(n_components=k, random_state=seed).fit_transform(flat).astype(np.float64)
 
 
 def l2_normalized(features: np.ndarray) -> np.ndarray:
@@ -688,7 +695,7 @@ class TypiClustSampling(QueryStrategy):
     typicality; this uses the Euclidean distance of the paper's definition.
 
     Selection is a function of the arguments alone (no cache, no state between calls).
-    Memory: the distinct samples as float64 (for PCA), their embeddings, and distance
+    Memory: one float32 copy of the distinct samples (for PCA), their embeddings, and distance
     chunks of :data:`CHUNK_ELEMENTS`; never a pool x pool matrix.
     """
 
