@@ -33,7 +33,7 @@ import numpy as np
 
 from al import keras_ops, loop, runs
 from al.data_common import DataCorruptError, DataNotFoundError, resolve_repo_path
-from al.stopping import CV_FORMAT, cross_validated_macro_f1, cv_path
+from al.stopping import CV_FORMAT, cross_validated_macro_f1, cv_path, cv_record
 
 # --- what is replayed
 STRATEGIES = []        # empty: every strategy with complete runs in the folder
@@ -66,24 +66,17 @@ def script_for(dataset: str):
         raise SystemExit(f"error: no dataset script code/{name}.py for runs of dataset {dataset!r}") from None
 
 
-def previous_record(path: Path, run: dict, max_folds: int) -> dict | None:
-    """The replay on disk for this very run and fold count, or None (then it starts over)."""
-    if not path.exists():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except ValueError:
-        return None
-    if (record.get("format") != CV_FORMAT or record.get("run_sha256") != run["sha256"]
-            or record.get("max_folds") != max_folds or record.get("sha256") != runs.content_digest(record)):
-        return None
-    return record
+def previous_record(run_file: Path, run: dict, max_folds: int) -> dict | None:
+    """The replay on disk of ``run_file`` for this very run and fold count, or None (then it
+    starts over)."""
+    record = cv_record(run_file, run)
+    return record if record is not None and record.get("max_folds") == max_folds else None
 
 
 def replay_run(run_file: Path, run: dict, data, module, every: int, max_folds: int) -> dict:
     """Cross-validate the labeled set of every ``every``-th step (and the last) of ``run``."""
     path = cv_path(run_file)
-    record = previous_record(path, run, max_folds) or {
+    record = previous_record(run_file, run, max_folds) or {
         "format": CV_FORMAT, "dataset": run["dataset"], "strategy": run["strategy"], "seed": run["seed"],
         "run_sha256": run["sha256"], "max_folds": max_folds, "cv_stream": CV_STREAM,
         "git_commit": runs.git_commit(), "versions": runs.library_versions(), "cpu_model": runs.cpu_model(),

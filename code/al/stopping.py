@@ -282,17 +282,23 @@ def cv_path(run_file) -> Path:
     return run_file.parent / "cv" / run_file.name
 
 
-def replayed_cv_f1(run_file, run: dict) -> dict[int, float]:
-    """{step: cross-validated macro-F1} replayed for this very run (matched by the run's
-    sha256, the record's own digest checked); empty when there is none or it does not match."""
-    path = cv_path(run_file)
+def cv_record(run_file, run: dict) -> dict | None:
+    """The replayed-CV record on disk for this very run (matched by the run's sha256, the
+    record's own digest checked), or None when there is none, it is unreadable or it does
+    not match."""
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(cv_path(run_file).read_text())
     except (OSError, ValueError):
-        return {}
+        return None
     if (not isinstance(record, dict) or record.get("format") != CV_FORMAT or record.get("run_sha256") != run.get("sha256")
             or record.get("sha256") != runs.content_digest(record)):
-        return {}
+        return None
+    return record
+
+
+def replayed_cv_f1(run_file, run: dict) -> dict[int, float]:
+    """{step: cross-validated macro-F1} of :func:`cv_record`; empty when there is no such record."""
+    record = cv_record(run_file, run) or {}
     return {int(s["step"]): float(s["cv_macro_f1"]) for s in record.get("steps", []) if s.get("cv_macro_f1") is not None}
 
 
