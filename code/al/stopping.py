@@ -146,10 +146,13 @@ class StabilizingPredictions(StoppingCriterion):
 
 
 class UncertaintyBelow(StoppingCriterion):
-    """Stop once a stop-set entropy statistic, divided by log(classes), is below ``threshold``."""
+    """Stop once a stop-set entropy statistic, divided by log(classes), is below ``threshold``
+    (default: the subclass's ``default_threshold``)."""
     statistic = ""
+    default_threshold = 0.0
 
-    def __init__(self, threshold: float):
+    def __init__(self, threshold: float | None = None):
+        threshold = self.default_threshold if threshold is None else threshold
         self.threshold = check_threshold("threshold", threshold, 0.0, 1.0)
 
     def read(self, rounds: Sequence[Round]) -> Reading:
@@ -167,18 +170,14 @@ class OverallUncertainty(UncertaintyBelow):
     name = "overall_uncertainty"
     needs = "stop_set_mean_entropy"
     statistic = "mean"
-
-    def __init__(self, threshold: float = 0.05):
-        super().__init__(threshold)
+    default_threshold = 0.05
 
 
 class MaxUncertainty(UncertaintyBelow):
     name = "max_uncertainty"
     needs = "stop_set_max_entropy"
     statistic = "largest"
-
-    def __init__(self, threshold: float = 0.5):
-        super().__init__(threshold)
+    default_threshold = 0.5
 
 
 def inverse_power_law(n, a, b, c):
