@@ -193,7 +193,7 @@ def test_broken_record_in_records_dir_fails_load(records_dir, tmp_path):
     (tmp_path / "mitdb").mkdir()
     for path in records_dir.iterdir():
         if path.name != "100.atr":
-            (tmp_path / "mitdb" / path.name).symlink_to(path)
+            (tmp_path / "mitdb" / path.name).symlink_to(path.resolve())
     with pytest.raises(DataCorruptError, match=r"100\.atr"):
         load_mitbih(data_dir=tmp_path, cache_dir=tmp_path / "cache", download=False)
 
