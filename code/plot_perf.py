@@ -374,9 +374,14 @@ def stopping_frame(runs: list[dict], cv: dict | None = None) -> pd.DataFrame:
 
 def replayed_cv(folder: Path, runs: list[dict]) -> dict:
     """{(strategy, seed): {step: F1}} from ``folder/cv/`` (``code/stopping_cv.py``), for the runs
-    whose replay matches their file."""
-    return {(r["strategy"], r["seed"]): replayed_cv_f1(folder / f"{r['strategy']}_seed{r['seed']}.json", r)
-            for r in runs}
+    whose replay matches their file and has reached their last step. A replay still under way
+    is left out: read as it stands it would count as a run the learning curve never stopped."""
+    replays = {}
+    for r in runs:
+        f1 = replayed_cv_f1(folder / f"{r['strategy']}_seed{r['seed']}.json", r)
+        if f1 and max(f1) == len(r["steps"]) - 1:
+            replays[(r["strategy"], r["seed"])] = f1
+    return replays
 
 
 def stopping_table(runs: list[dict], strategies: list[str], cv: dict | None = None) -> list[str]:

@@ -102,6 +102,20 @@ def test_the_stopping_table_reads_the_learning_curve_from_the_replay(finished_ru
     assert any("learning_curve" in row for row in lines)
 
 
+def test_a_replay_still_under_way_is_left_out_of_the_stopping_table(finished_run):
+    folder, run, _ = finished_run
+    assert stopping_cv.main([str(folder), "--max-folds", "2"]) == 0
+    path = cv_path(folder / "entropy_seed1.json")
+    record = json.loads(path.read_text())
+    record["steps"] = record["steps"][:-1]  # as if interrupted before the last step
+    record["sha256"] = runs.content_digest(record)
+    runs.write_json_atomic(path, record)
+    assert replayed_cv_f1(folder / "entropy_seed1.json", run)  # a valid, partial replay
+    assert plot_perf.replayed_cv(folder, [run]) == {}
+    lines = plot_perf.stopping_table([run], ["entropy"], plot_perf.replayed_cv(folder, [run]))
+    assert all("learning_curve" not in row for row in lines)
+
+
 def test_bad_arguments_are_clear_errors(finished_run, tmp_path):
     folder, _, _ = finished_run
     with pytest.raises(SystemExit, match="no complete runs"):
