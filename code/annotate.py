@@ -108,10 +108,18 @@ SIGNAL_MIN_FEATURES = 100   # --model auto: CSV rows this long are signals -> cn
 SAMPLES_PER_EPOCH = 2048    # small labeled sets are tiled into epochs of about this size
 MAX_EXAMPLES = 5            # problems listed per error message
 DEFAULT_STRATEGY = "margin"  # README "When to stop labeling" and "Reality check" say why
-# The stopping criteria status and next read, with the thresholds README recommends.
+# The stopping criteria status and next read. The verdict rests on VERDICT_CRITERION alone,
+# at the threshold README "When to stop labeling" recommends from the protocol measurements;
+# the others are printed for information, with the reason they do not decide (NOT_DECIDING).
 STOPPING = (("stabilizing_predictions", {"threshold": 0.98, "window": 3}),
             ("overall_uncertainty", {"threshold": 0.05}),
             ("learning_curve", {"min_gain": 0.01, "horizon": 500}))
+VERDICT_CRITERION = "stabilizing_predictions"
+NOT_DECIDING = {
+    "overall_uncertainty": "stopped at once on imbalanced MIT-BIH, giving up about 0.2 macro-F1",
+    "learning_curve": "cross-validated F1 of the labels a strategy chose falls as uncertain samples are added, "
+                      "so it stops too early unless the labels were drawn at random",
+}
 # Hyperparameters of the built-in models: the keys their builder in al.models reads, plus
 # epochs and fit_batch_size. CNN1D_CONFIG / CNN2D_CONFIG are the first (v1) recipe of
 # mitbih.py / mnist.py: they train in seconds on a few dozen labels and the 1-D net takes any
@@ -810,13 +818,13 @@ def stopping_readings(rounds: list[dict]) -> dict:
     readings = {name: get_criterion(name, **settings).read(history) for name, settings in STOPPING}
     print(f"stopping criteria ({len(history)} round(s) recorded in this session):")
     for name, reading in readings.items():
-        print(f"  {name}: {reading.verdict}")
-    agree = [name for name, reading in readings.items() if reading.stop]
-    if agree:
-        print(f"verdict: {', '.join(agree)} say(s) stop: more labels are unlikely to pay; check the class mix "
+        why_not = f" [for information, not the verdict: {NOT_DECIDING[name]}]" if name in NOT_DECIDING else ""
+        print(f"  {name}: {reading.verdict}{why_not}")
+    if readings[VERDICT_CRITERION].stop:
+        print(f"verdict: stop ({VERDICT_CRITERION}): more labels are unlikely to pay; check the class mix "
               f"and, if you have one, the --eval score before you stop")
     else:
-        print("verdict: keep labeling (no criterion says stop yet)")
+        print(f"verdict: keep labeling ({VERDICT_CRITERION} does not say stop yet)")
     return {name: {"value": r.value, "stop": r.stop, "verdict": r.verdict} for name, r in readings.items()}
 
 

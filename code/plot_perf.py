@@ -47,7 +47,7 @@ TIME_KEYS = ("train_seconds", "score_seconds", "eval_seconds")
 STOPPING_SWEEP = (*[("stabilizing_predictions", {"threshold": t}) for t in (0.99, 0.98, 0.97, 0.95)],
                   *[("overall_uncertainty", {"threshold": t}) for t in (0.02, 0.05, 0.1)],
                   *[("max_uncertainty", {"threshold": t}) for t in (0.5, 0.8)],
-                  *[("learning_curve", {"min_gain": g}) for g in (0.01, 0.005)])  # needs code/stopping_cv.py
+                  *[("learning_curve", {"min_gain": g}) for g in (0.01, 0.005, 0.002, 0.001)])  # needs code/stopping_cv.py
 AAMI_CLASSES = ("N", "S", "V", "F")  # MIT-BIH: the AAMI classes with enough beats to score
 
 

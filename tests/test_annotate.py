@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import annotate
-from al import models, stopping
+from al import models, runs, stopping
 from al.data_common import REPO_ROOT
 from al.data_mnist import load_mnist
 from al.strategies import STRATEGIES
@@ -122,7 +122,6 @@ def rounds_file(data: Path) -> dict:
 
 
 def test_each_round_records_the_stop_set_and_prints_every_criterion(blobs, capsys):
-    from al import runs, stopping
     data, truth = blobs
     for round_ in range(5):
         summary = annotate.run(["next", str(data), *FAST])
@@ -140,6 +139,30 @@ def test_each_round_records_the_stop_set_and_prints_every_criterion(blobs, capsy
     assert reading["value"] == pytest.approx(kappa) and reading["stop"] == (kappa >= 0.98)
     assert out.count("stopping criteria (") == 5 and "verdict: " in out
     assert "learning_curve: needs cross-validated F1 of 4 rounds" in out
+
+
+def stopping_history(kappa_stable: bool) -> list[dict]:
+    """Six recorded rounds: the model sure of the stop set (low entropy) throughout, and its
+    stop-set predictions either unchanged from round to round or still changing."""
+    rng = np.random.default_rng(0)
+    fixed = rng.integers(0, 3, 200)
+    rounds = []
+    for k in range(6):
+        predictions = fixed if kappa_stable else rng.integers(0, 3, 200)
+        rounds.append({"n_labeled": 20 + 10 * k, "n_classes": 3, "stop_set_predictions": runs.encode_uint8(predictions),
+                       "stop_set_mean_entropy": 0.001, "stop_set_max_entropy": 0.01, "cv_macro_f1": None})
+    return rounds
+
+
+def test_the_verdict_rests_on_the_recommended_criterion_alone(capsys):
+    changing = annotate.stopping_readings(stopping_history(kappa_stable=False))
+    out = capsys.readouterr().out
+    assert changing["overall_uncertainty"]["stop"] and not changing[annotate.VERDICT_CRITERION]["stop"]
+    assert "verdict: keep labeling" in out  # a sure but still-changing model: not a stop
+    assert "for information, not the verdict" in out
+    stable = annotate.stopping_readings(stopping_history(kappa_stable=True))
+    assert stable[annotate.VERDICT_CRITERION]["stop"]
+    assert "verdict: stop (stabilizing_predictions)" in capsys.readouterr().out
 
 
 def test_rerunning_a_round_replaces_it_and_status_adds_the_cross_validated_score(blobs, capsys):
