@@ -65,10 +65,13 @@ data, drawn from ``--seed``; their labels are never read) and records the predic
 their entropy in ``<name>.rounds.json`` / ``DATA/rounds.json`` beside the labels file;
 ``status`` adds its cross-validated macro-F1 to the round of the current labels. ``next``
 and ``status`` then print each criterion of ``STOPPING`` (``code/al/stopping.py``) and a
-plain verdict, e.g. "predictions have been stable for 3 rounds (kappa 0.985 >= 0.98): more
-labels are unlikely to change the model". Run ``status`` after each round if you want the
-learning-curve criterion: it needs the cross-validated score of 4 rounds. The history is
-tied to the stop set and the model; with other data or another ``--model`` it starts again.
+plain verdict that rests on ``VERDICT_CRITERION`` alone, e.g. "predictions have been stable
+for 3 rounds (kappa 0.985 >= 0.98): more labels are unlikely to change the model"; the other
+criteria are printed for information, with the measured reason they do not decide (README
+"When to stop labeling"). The learning curve needs the cross-validated score of 4 rounds
+(run ``status`` after each round), and it is informative only when the labels were drawn at
+random. The history is tied to the stop set and the model; with other data or another
+``--model`` it starts again.
 
 ``status`` estimates the model's quality by stratified k-fold cross-validation on the labels,
 k = min(5, labels of the rarest class); classes with a single label are left out of it. The
@@ -120,6 +123,7 @@ NOT_DECIDING = {
     "learning_curve": "cross-validated F1 of the labels a strategy chose falls as uncertain samples are added, "
                       "so it stops too early unless the labels were drawn at random",
 }
+assert VERDICT_CRITERION in dict(STOPPING) and VERDICT_CRITERION not in NOT_DECIDING
 # Hyperparameters of the built-in models: the keys their builder in al.models reads, plus
 # epochs and fit_batch_size. CNN1D_CONFIG / CNN2D_CONFIG are the first (v1) recipe of
 # mitbih.py / mnist.py: they train in seconds on a few dozen labels and the 1-D net takes any
@@ -813,7 +817,8 @@ def as_rounds(rounds: list[dict]) -> list[Round]:
 
 
 def stopping_readings(rounds: list[dict]) -> dict:
-    """Each criterion of ``STOPPING`` on the history, printed with a plain verdict."""
+    """Each criterion of ``STOPPING`` on the history, printed with a plain verdict from
+    ``VERDICT_CRITERION``: {name: value, stop, verdict text, decides (True for that one)}."""
     history = as_rounds(rounds)
     readings = {name: get_criterion(name, **settings).read(history) for name, settings in STOPPING}
     print(f"stopping criteria ({len(history)} round(s) recorded in this session):")
@@ -825,7 +830,8 @@ def stopping_readings(rounds: list[dict]) -> dict:
               f"and, if you have one, the --eval score before you stop")
     else:
         print(f"verdict: keep labeling ({VERDICT_CRITERION} does not say stop yet)")
-    return {name: {"value": r.value, "stop": r.stop, "verdict": r.verdict} for name, r in readings.items()}
+    return {name: {"value": r.value, "stop": r.stop, "verdict": r.verdict, "decides": name == VERDICT_CRITERION}
+            for name, r in readings.items()}
 
 
 def stop_set_round(data: UserData, spec: ModelSpec, model, positions: np.ndarray, n_labeled: int,

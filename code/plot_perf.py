@@ -37,7 +37,7 @@ import pandas as pd
 
 from al.runs import RunFileError, read_run as read_run_file, write_bytes_atomic, write_text_atomic
 from al.data_common import REPO_ROOT, resolve_repo_path
-from al.stopping import first_stop, get_criterion, replayed_cv_f1, rounds_of_run
+from al.stopping import cv_record, first_stop, get_criterion, replayed_cv_f1, rounds_of_run
 
 PUBLISHED_TARGETS = {"mitbih": 0.74, "mnist": 0.96}  # the published text's reference F1 levels
 BASELINE = "random"
@@ -378,9 +378,10 @@ def replayed_cv(folder: Path, runs: list[dict]) -> dict:
     is left out: read as it stands it would count as a run the learning curve never stopped."""
     replays = {}
     for r in runs:
-        f1 = replayed_cv_f1(folder / f"{r['strategy']}_seed{r['seed']}.json", r)
-        if f1 and max(f1) == len(r["steps"]) - 1:
-            replays[(r["strategy"], r["seed"])] = f1
+        run_file = folder / f"{r['strategy']}_seed{r['seed']}.json"
+        record = cv_record(run_file, r)
+        if record and any(s["step"] == len(r["steps"]) - 1 for s in record["steps"]):
+            replays[(r["strategy"], r["seed"])] = replayed_cv_f1(run_file, r)
     return replays
 
 
@@ -823,7 +824,7 @@ def summarize_dataset(folder: Path, out_dir: Path) -> str | None:
              *stopping_table(runs, strategies, replayed_cv(folder, runs)), "",
              "Each criterion reads every step of a complete run with only the history up to that step, "
              "as a live session would (al/stopping.py); the learning curve reads cross-validated F1 of the "
-             "labeled set, replayed after the run by `code/stopping_cv.py` (runs without it are left out). stop at labels: the first budget at which it "
+             "labeled set, replayed after the run by `code/stopping_cv.py` (runs without it, or whose replay has not reached the last step, are left out). stop at labels: the first budget at which it "
              "says stop, a run it never stops counting at the final budget; labels saved: final budget "
              "minus that; test macro-F1 given up: final macro-F1 minus macro-F1 at the stop (negative: "
              "the stop was better). Mean ± std over the runs. Runs that did not record what a criterion "

@@ -159,7 +159,10 @@ def test_the_verdict_rests_on_the_recommended_criterion_alone(capsys):
     out = capsys.readouterr().out
     assert changing["overall_uncertainty"]["stop"] and not changing[annotate.VERDICT_CRITERION]["stop"]
     assert "verdict: keep labeling" in out  # a sure but still-changing model: not a stop
-    assert "for information, not the verdict" in out
+    lines = {line.split(":")[0].strip(): line for line in out.splitlines() if line.startswith("  ")}
+    assert "for information, not the verdict" in lines["overall_uncertainty"]
+    assert "for information" not in lines[annotate.VERDICT_CRITERION]
+    assert [n for n, r in changing.items() if r["decides"]] == [annotate.VERDICT_CRITERION]
     stable = annotate.stopping_readings(stopping_history(kappa_stable=True))
     assert stable[annotate.VERDICT_CRITERION]["stop"]
     assert "verdict: stop (stabilizing_predictions)" in capsys.readouterr().out
