@@ -37,7 +37,7 @@ import pandas as pd
 
 from al.runs import RunFileError, read_run as read_run_file, write_bytes_atomic, write_text_atomic
 from al.data_common import REPO_ROOT, resolve_repo_path
-from al.stopping import cv_record, first_stop, get_criterion, replayed_cv_f1, rounds_of_run
+from al.stopping import cv_record, cv_scores, first_stop, get_criterion, rounds_of_run
 
 PUBLISHED_TARGETS = {"mitbih": 0.74, "mnist": 0.96}  # the published text's reference F1 levels
 BASELINE = "random"
@@ -378,10 +378,9 @@ def replayed_cv(folder: Path, runs: list[dict]) -> dict:
     is left out: read as it stands it would count as a run the learning curve never stopped."""
     replays = {}
     for r in runs:
-        run_file = folder / f"{r['strategy']}_seed{r['seed']}.json"
-        record = cv_record(run_file, r)
+        record = cv_record(folder / f"{r['strategy']}_seed{r['seed']}.json", r)
         if record and any(s["step"] == len(r["steps"]) - 1 for s in record["steps"]):
-            replays[(r["strategy"], r["seed"])] = replayed_cv_f1(run_file, r)
+            replays[(r["strategy"], r["seed"])] = cv_scores(record)
     return replays
 
 

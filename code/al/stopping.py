@@ -295,10 +295,15 @@ def cv_record(run_file, run: dict) -> dict | None:
     return record
 
 
+def cv_scores(record: dict | None) -> dict[int, float]:
+    """{step: cross-validated macro-F1} of a replay record (steps without a score left out)."""
+    return {int(s["step"]): float(s["cv_macro_f1"]) for s in (record or {}).get("steps", [])
+            if s.get("cv_macro_f1") is not None}
+
+
 def replayed_cv_f1(run_file, run: dict) -> dict[int, float]:
     """{step: cross-validated macro-F1} of :func:`cv_record`; empty when there is no such record."""
-    record = cv_record(run_file, run) or {}
-    return {int(s["step"]): float(s["cv_macro_f1"]) for s in record.get("steps", []) if s.get("cv_macro_f1") is not None}
+    return cv_scores(cv_record(run_file, run))
 
 
 STOPPING_CRITERIA: dict[str, type[StoppingCriterion]] = {
