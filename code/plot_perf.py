@@ -499,6 +499,7 @@ def patient_report(root: Path) -> tuple[list[str], pd.DataFrame]:
             if len(part):
                 cells = [fmt(part[c].mean(), part[c].std(), 3) for c in (*PATIENT_FIGURES, "macro-F1 NSVF")]
                 lines.append(f"| {n} | {strategy} ({len(part)}) | " + " | ".join(cells) + " |")
+    lines += patient_comparison(complete, strategies)
     final = int(per_record.n_labeled.max())
     lines += ["", f"## Per record at {final} labeled beats (mean over seeds; VEB Se / +P, SVEB Se / +P)", "",
               "| record | beats V / S in its test part | " + " | ".join(strategies) + " |",
@@ -517,6 +518,50 @@ def patient_report(root: Path) -> tuple[list[str], pd.DataFrame]:
             cells.append(" / ".join(fmt(mean[k], None, 2) for k in PATIENT_FIGURES))
         lines.append(f"| {record} | {counts} | " + " | ".join(cells) + " |")
     return lines, complete
+
+
+def patient_comparison(gross: pd.DataFrame, strategies: list[str], reference: str = "sequential",
+                       target_se: float = 0.95) -> list[str]:
+    """Each strategy against ``reference`` (the first beats of the record): the gross VEB Se and +P
+    difference per budget with two-sided Wilcoxon p-values paired by seed, Holm-corrected over the
+    budgets of each (strategy, figure); and the fewest beats at which the strategy's mean VEB Se
+    alone, and VEB Se and +P together, reach the reference's at its largest budget, and at which
+    its mean VEB Se reaches ``target_se``."""
+    if reference not in strategies:
+        return []
+    budgets = sorted(set(gross.n_labeled))
+    top = gross[(gross.strategy == reference) & (gross.n_labeled == budgets[-1])]
+    ref_se, ref_ppv = top["VEB Se"].mean(), top["VEB +P"].mean()
+    lines = ["", f"## Against `{reference}` (the record's first beats)", "",
+             f"Gross VEB Se and +P minus `{reference}`'s at the same budget, mean over seeds, with the two-sided "
+             "Wilcoxon p-value paired by seed, Holm-corrected over the budgets (budget 0 has no patient label "
+             f"and is left out). Beats to match: the fewest beats at which the mean reaches `{reference}`'s "
+             f"at {budgets[-1]} beats (VEB Se {ref_se:.3f}, +P {ref_ppv:.3f}); '-': not within "
+             f"{budgets[-1]}.", "",
+             "| strategy | " + " | ".join(f"{n} beats: dSe (p) / d+P (p)" for n in budgets[1:])
+             + f" | beats to match Se | to match Se and +P | beats to VEB Se {target_se} |",
+             "|" + "---|" * (len(budgets) + 3)]
+    means = gross.groupby(["strategy", "n_labeled"])[["VEB Se", "VEB +P"]].mean()
+    for strategy in (s for s in strategies if s != reference):
+        figures = {}
+        for figure in ("VEB Se", "VEB +P"):
+            pvalues = [paired_wilcoxon(gross[gross.n_labeled == n], figure, strategy, reference) for n in budgets[1:]]
+            figures[figure] = holm(pvalues)
+        cells = []
+        for i, n in enumerate(budgets[1:]):
+            parts = [f"{means.loc[(strategy, n), f] - means.loc[(reference, n), f]:+.3f} ({fmt_p(figures[f][i])})"
+                     for f in ("VEB Se", "VEB +P")]
+            cells.append(" / ".join(parts))
+        curve = means.loc[strategy]
+
+        def first(mask):
+            hits = curve.index[mask]
+            return str(int(hits.min())) if len(hits) else "-"
+        cells += [first(curve["VEB Se"] >= ref_se),
+                  first((curve["VEB Se"] >= ref_se) & (curve["VEB +P"] >= ref_ppv)),
+                  first(curve["VEB Se"] >= target_se)]
+        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot_patients(gross: pd.DataFrame, path: Path) -> None:

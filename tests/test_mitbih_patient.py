@@ -114,3 +114,20 @@ def test_the_global_model_is_trained_once_and_its_features_cached(config, monkey
     assert len(first["y"]) == len(DS1 + DS2) * 6  # the paced record is left out
     assert np.array_equal(first["features"], again["features"]) and first["features"].shape[1] == 32
     assert list((tmp_path / "mitbih").glob("patient_features_*.npz"))
+
+
+def test_the_comparison_against_the_first_beats_pairs_seeds_holm_corrects_and_finds_the_beats_to_match():
+    import pandas as pd
+    rows = []
+    for seed in range(10):
+        for n, (se, ppv) in {0: (0.5, 0.5), 5: (0.6, 0.5), 10: (0.7, 0.6), 20: (0.78, 0.68)}.items():
+            rows.append({"strategy": "sequential", "seed": seed, "n_labeled": n, "VEB Se": se, "VEB +P": ppv})
+            lift = 0.0 if n == 0 else 0.1 + 0.002 * (seed - 4.5)  # margin: 0.1 higher on average from 5 beats
+            rows.append({"strategy": "margin", "seed": seed, "n_labeled": n, "VEB Se": se + lift,
+                         "VEB +P": ppv + (lift if n >= 20 else 0.0)})
+    lines = plot_perf.patient_comparison(pd.DataFrame(rows), ["sequential", "margin"], target_se=0.85)
+    margin = next(line for line in lines if line.startswith("| margin |")).strip("| ").split(" | ")[1:]
+    assert margin[0] == "+0.100 (0.00586) / +0.000 (1)"  # Wilcoxon over 10 seeds: 0.00195, x3 budgets (Holm)
+    assert margin[2] == "+0.100 (0.00586) / +0.100 (0.00586)"
+    assert margin[3:] == ["10", "20", "20"]  # sequential at 20: Se 0.78 (margin 0.8 at 10), +P 0.68 (0.78 at 20)
+    assert plot_perf.patient_comparison(pd.DataFrame(rows), ["margin"]) == []  # no reference: no section
