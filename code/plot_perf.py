@@ -514,7 +514,8 @@ def patient_report(root: Path) -> tuple[list[str], pd.DataFrame]:
             if not figures:
                 cells.append("-")
                 continue
-            mean = {k: np.nanmean([f[k] for f in figures]) for k in PATIENT_FIGURES}
+            defined = {k: [f[k] for f in figures if not np.isnan(f[k])] for k in PATIENT_FIGURES}
+            mean = {k: float(np.mean(v)) if v else float("nan") for k, v in defined.items()}
             cells.append(" / ".join(fmt(mean[k], None, 2) for k in PATIENT_FIGURES))
         lines.append(f"| {record} | {counts} | " + " | ".join(cells) + " |")
     return lines, complete
@@ -561,6 +562,15 @@ def patient_comparison(gross: pd.DataFrame, strategies: list[str], reference: st
                   first((curve["VEB Se"] >= ref_se) & (curve["VEB +P"] >= ref_ppv)),
                   first(curve["VEB Se"] >= target_se)]
         lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_patient_report(root: Path) -> list[str]:
+    """Write ``root/patients.md`` (and ``patients.png`` when there are runs); return its lines."""
+    lines, gross = patient_report(root)
+    if not gross.empty:
+        plot_patients(gross, root / "patients.png")
+    write_text_atomic(root / "patients.md", "\n".join(lines))
     return lines
 
 
@@ -912,11 +922,7 @@ def main(argv=None) -> int:
         if not root.is_dir():
             print(f"error: no results folder at {root}", file=sys.stderr)
             return 1
-        lines, gross = patient_report(root)
-        if not gross.empty:
-            plot_patients(gross, root / "patients.png")
-        write_text_atomic(root / "patients.md", "\n".join(lines))
-        print("\n".join(lines))
+        print("\n".join(write_patient_report(root)))
         return 0
     two_roots = args.crossover or args.reality_check
     if two_roots:
@@ -948,6 +954,9 @@ def main(argv=None) -> int:
         return 1
     folders = [f for f in sorted(root.iterdir()) if f.is_dir() and any(f.glob("*_seed*.json"))]
     written = [s for s in (summarize_dataset(f, root) for f in folders) if s]
+    for patients in (f for f in sorted(root.iterdir()) if f.is_dir() and any(f.glob("record_*/*_seed*.json"))):
+        write_patient_report(patients)
+        written.append(shown_path(patients / "patients.md"))
     if not written:
         print(f"No run files (<dataset>/<strategy>_seed<k>.json) under {root}. "
               "Run the experiments first: bash run.sh", file=sys.stderr)

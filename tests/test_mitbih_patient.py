@@ -84,6 +84,9 @@ def test_runs_start_from_no_patient_label_and_the_report_adds_up_the_records(con
     assert row.records == 2 and row["VEB Se"] == pytest.approx(total[v, v] / total[v].sum())
     assert plot_perf.main(["--patients", str(root)]) == 0
     assert (root / "patients.png").stat().st_size > 0 and "| 20 | margin (1) |" in (root / "patients.md").read_text()
+    (root / "patients.md").unlink()
+    assert plot_perf.main(["--results-dir", str(tmp_path)]) == 0  # the plain command regenerates it too
+    assert "| 20 | margin (1) |" in (root / "patients.md").read_text()
 
 
 def test_an_empty_first_step_is_refused_in_runs_without_base_samples(config, patched, tmp_path):
