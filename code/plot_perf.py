@@ -222,12 +222,17 @@ def strategy_table(dataset: str, df, stats, areas, strategies) -> list[str]:
                  *["-" if s == r else fmt_p(paired_wilcoxon(finals, "macro_f1", s, r)) for r in references],
                  fmt(a.mean(), a.std()),
                  *["-" if s == r else fmt_p(paired_wilcoxon(areas, "aubc", s, r)) for r in references],
-                 str(labels_to_reach(stats, s, final_random) or "not reached") if final_random else "-",
-                 str(labels_to_stay(stats, s, final_random) or "not reached") if final_random else "-"]
+                 reached(labels_to_reach(stats, s, final_random)) if final_random is not None else "-",
+                 reached(labels_to_stay(stats, s, final_random)) if final_random is not None else "-"]
         if published:
-            cells.append(str(labels_to_reach(stats, s, published) or "not reached"))
+            cells.append(reached(labels_to_reach(stats, s, published)))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def reached(labels: int | None) -> str:
+    """A labels-to-target cell: the budget (0 included), or "not reached"."""
+    return "not reached" if labels is None else str(labels)
 
 
 def time_table(df: pd.DataFrame, strategies: list[str]) -> list[str]:
@@ -532,6 +537,8 @@ def patient_comparison(gross: pd.DataFrame, strategies: list[str], reference: st
         return []
     budgets = sorted(set(gross.n_labeled))
     top = gross[(gross.strategy == reference) & (gross.n_labeled == budgets[-1])]
+    if top.empty:  # the reference has not reached the last budget yet: nothing to match
+        return []
     ref_se, ref_ppv = top["VEB Se"].mean(), top["VEB +P"].mean()
     lines = ["", f"## Against `{reference}` (the record's first beats)", "",
              f"Gross VEB Se and +P minus `{reference}`'s at the same budget, mean over seeds, with the two-sided "
@@ -550,6 +557,9 @@ def patient_comparison(gross: pd.DataFrame, strategies: list[str], reference: st
             figures[figure] = holm(pvalues)
         cells = []
         for i, n in enumerate(budgets[1:]):
+            if (strategy, n) not in means.index or (reference, n) not in means.index:
+                cells.append("-")  # a budget not every record has reached yet
+                continue
             parts = [f"{means.loc[(strategy, n), f] - means.loc[(reference, n), f]:+.3f} ({fmt_p(figures[f][i])})"
                      for f in ("VEB Se", "VEB +P")]
             cells.append(" / ".join(parts))

@@ -423,3 +423,19 @@ def test_quick_caps_the_training_budget_of_both_recipes():
         config, grid_settings, _ = cli.parse_config(script.__name__, cli.hyperparameters(vars(script)), ["--quick"])
         assert config["n_steps"] == 2 and config["epochs"] == 2 and grid_settings["n_seeds"] == 2
         assert config["train_steps"] == min(40, cli.hyperparameters(vars(script))["train_steps"])
+
+
+def test_fresh_removes_the_grids_own_runs_first_so_a_retried_task_resumes(folder_with_one_run, monkeypatch):
+    outside = folder_with_one_run / "toy" / "random_seed7.json"  # not part of the grid below: kept
+    shutil.copy(folder_with_one_run / "toy" / "random_seed0.json", outside)
+    started = []
+
+    def record(tasks, *a, **k):
+        started.append((tasks, (folder_with_one_run / "toy" / "random_seed0.json").exists()))
+        return grid.GridOutcome(results=[None] * len(tasks), description="not run")
+    monkeypatch.setattr(grid, "run_grid", record)
+    cli.main("toy", NAMESPACE, toy_load_data, tiny_build_model,
+             ONE_RUN + ["--epochs", "2", "--fresh", "--results-dir", str(folder_with_one_run)])
+    tasks, old_file_still_there = started[0]
+    assert [t.fresh for t in tasks] == [False] and not old_file_still_there
+    assert outside.exists()

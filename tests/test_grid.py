@@ -42,6 +42,9 @@ def test_tasks_ask_for_a_gpu_when_the_cluster_has_one_else_a_cpu():
     assert grid.ray_task_options({"CPU": 8.0}) == {"num_cpus": 1}
     assert grid.ray_task_options({"CPU": 8.0, "GPU": 0.0}) == {"num_cpus": 1}
     assert grid.ray_task_options({"CPU": 8.0}, threads=4) == {"num_cpus": 4}
+    assert grid.ray_task_options({"CPU": 8.0}, threads=4, largest_node_cpus=4.0) == {"num_cpus": 4}
+    with pytest.raises(grid.GridError, match="largest node of the Ray cluster has 2: no run could ever start"):
+        grid.ray_task_options({"CPU": 8.0}, threads=4, largest_node_cpus=2.0)  # 4 nodes of 2: never schedulable
 
 
 def test_workers_get_the_repository_modules_on_their_path(monkeypatch):
@@ -344,3 +347,16 @@ def test_ray_backend_reports_every_step_to_the_driver(on_ray):
     for strategy, seed in RAY_RUNS:
         for step in range(CONV_CONFIG["n_steps"] + 1):
             assert sum(f"{strategy:>8} seed {seed} step {step:2d}" in line for line in on_ray.lines) == 1
+
+
+@pytest.mark.slow
+def test_ray_refuses_runs_that_ask_more_cpus_than_any_node_has(tmp_path):
+    ray = pytest.importorskip("ray")
+    tasks = [RunTask("signals", "random", 0, {**CONV_CONFIG, "threads": 2}, str(tmp_path), False, None)]
+    ray.init(num_cpus=1, include_dashboard=False)  # a real one-CPU cluster on this machine
+    try:
+        with pytest.raises(grid.GridError, match="has 1: no run could ever start. Use --threads 1"):
+            grid.run_grid(tasks, load_signals, conv_build_model, backend="ray", jobs=1, max_retries=0)
+        assert not (tmp_path / "signals").exists()  # refused before any run started
+    finally:
+        ray.shutdown()

@@ -134,3 +134,8 @@ def test_the_comparison_against_the_first_beats_pairs_seeds_holm_corrects_and_fi
     assert margin[2] == "+0.100 (0.00586) / +0.100 (0.00586)"
     assert margin[3:] == ["10", "20", "20"]  # sequential at 20: Se 0.78 (margin 0.8 at 10), +P 0.68 (0.78 at 20)
     assert plot_perf.patient_comparison(pd.DataFrame(rows), ["margin"]) == []  # no reference: no section
+    partial = pd.DataFrame(rows)
+    partial = partial[~((partial.strategy == "margin") & (partial.n_labeled == 20))]  # not there yet
+    margin = next(line for line in plot_perf.patient_comparison(partial, ["sequential", "margin"])
+                  if line.startswith("| margin |")).strip("| ").split(" | ")[1:]
+    assert margin[2] == "-" and margin[3:] == ["10", "-", "-"]

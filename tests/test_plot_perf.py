@@ -558,3 +558,9 @@ def test_budgets_without_pairs_leave_the_holm_family_and_mark_the_crossover_inco
         write_run(low / "toy", run_dict("entropy", seed, [0.3, 0.6], complete=False))
     assert plot_perf.main(["--crossover", str(low), str(results)]) == 0
     assert "crossover incomplete (paired runs up to 30 labels of 40)" in (low / "crossover.md").read_text()
+
+
+def test_a_target_reached_with_no_label_at_all_is_a_budget_of_zero_not_never():
+    stats = pd.DataFrame({"strategy": ["random", "random"], "n_labeled": [0, 10], "mean": [0.5, 0.6]})
+    assert plot_perf.reached(plot_perf.labels_to_reach(stats, "random", 0.4)) == "0"
+    assert plot_perf.reached(plot_perf.labels_to_reach(stats, "random", 0.9)) == "not reached"

@@ -26,6 +26,7 @@ auto|HOST:PORT]``: a Ray cluster).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -269,6 +270,13 @@ def main(dataset: str | Callable[[dict], str], namespace: dict, load_data: Calla
              for seed in seeds for s in grid["strategies"]]
     data = load_and_check_data(tasks[0], load_data)
     found = check_results_folder(tasks, data)
+    if args.fresh:
+        # Start over now: the grid's own earlier run files go before any worker starts, and every
+        # task resumes only what this grid writes, so a task retried after a worker died goes on
+        # from its last step instead of starting over again.
+        for task in tasks:
+            (args.results_dir / dataset / f"{task.strategy}_seed{task.seed}.json").unlink(missing_ok=True)
+        tasks = [dataclasses.replace(task, fresh=False) for task in tasks]
     done = {f"{t.strategy}_seed{t.seed}.json" for t in tasks
             if found.get(f"{t.strategy}_seed{t.seed}.json", {}).get("complete")}
     todo = [t for t in tasks if f"{t.strategy}_seed{t.seed}.json" not in done]
@@ -284,14 +292,18 @@ def main(dataset: str | Callable[[dict], str], namespace: dict, load_data: Calla
         where = f"{min(jobs, len(todo))} in parallel"
     else:
         jobs = args.jobs or (os.cpu_count() or 1)
-        where = f"Ray cluster {args.address}" if args.address else f"local Ray instance with {jobs} CPUs"
+        where = (f"Ray cluster {args.address}" if args.address
+                 else f"local Ray instance with {jobs * config['threads']} CPUs")
     print(f"{dataset}: {len(tasks)} runs ({', '.join(grid['strategies'])} x {grid['n_seeds']} seeds), "
           + (f"{len(done)} already complete, " if done else "")
           + f"{where}, {config['threads']} TF thread(s) each, results in {folder}")
     started = time.time()
-    outcome = grid_backend.run_grid(
-        todo, load_data, build_model, backend=args.backend, jobs=jobs, address=args.address,
-        max_retries=args.retries, steps_done=steps_done, data=data, verbose=args.verbose)
+    try:
+        outcome = grid_backend.run_grid(
+            todo, load_data, build_model, backend=args.backend, jobs=jobs, address=args.address,
+            max_retries=args.retries, steps_done=steps_done, data=data, verbose=args.verbose)
+    except grid_backend.GridError as err:
+        raise SystemExit(f"error: {err}") from None
     wall = time.time() - started
     for line in grid_backend.summary_lines(todo, outcome, wall):
         print(line)

@@ -326,9 +326,19 @@ def worker_pythonpath() -> str:
     return os.pathsep.join(inside + [p for p in extra if p not in inside])
 
 
-def ray_task_options(resources: dict, threads: int = 1) -> dict:
-    """Resources one run asks for: a GPU when the cluster has any, else its ``threads`` CPUs."""
-    return {"num_gpus": 1} if resources.get("GPU", 0) > 0 else {"num_cpus": threads}
+def ray_task_options(resources: dict, threads: int = 1, largest_node_cpus: float | None = None) -> dict:
+    """Resources one run asks for: a GPU when the cluster has any, else its ``threads`` CPUs.
+
+    A run asking for more CPUs than the largest node has could never be scheduled (Ray would
+    wait for ever): that is refused with :class:`GridError`.
+    """
+    if resources.get("GPU", 0) > 0:
+        return {"num_gpus": 1}
+    if largest_node_cpus is not None and threads > largest_node_cpus:
+        raise GridError(f"--threads {threads} asks {threads} CPUs for each run, but the largest node of the "
+                        f"Ray cluster has {largest_node_cpus:g}: no run could ever start. Use --threads "
+                        f"{max(1, int(largest_node_cpus))} or less, or add larger nodes.")
+    return {"num_cpus": threads}
 
 
 def _run_ray(tasks, load_data, build_model, jobs, address, max_retries, progress) -> GridOutcome:
@@ -341,22 +351,23 @@ def _run_ray(tasks, load_data, build_model, jobs, address, max_retries, progress
     env = {"PYTHONPATH": worker_pythonpath(), "TF_CPP_MIN_LOG_LEVEL": "3"}
     if os.environ.get("AL_DATA_DIR"):
         env["AL_DATA_DIR"] = os.path.abspath(os.environ["AL_DATA_DIR"])
+    threads = tasks[0].config["threads"]
     started_here = not ray.is_initialized()
     if started_here:
         if address:
             ray.init(address=address, runtime_env={"env_vars": env})
-        else:
-            ray.init(num_cpus=jobs, include_dashboard=False, runtime_env={"env_vars": env})
+        else:  # room for ``jobs`` runs of ``threads`` TensorFlow threads each
+            ray.init(num_cpus=jobs * threads, include_dashboard=False, runtime_env={"env_vars": env})
     try:
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0)
-        threads = tasks[0].config["threads"]
-        options = ray_task_options(resources, threads)
+        largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
+        options = ray_task_options(resources, threads, largest)
         where = f"Ray cluster at {address}" if address else "local Ray instance"
         outcome = GridOutcome(
             results=[None] * len(tasks),
             description=(f"{where}: {resources.get('CPU', 0):g} CPUs, {gpus:g} GPUs; one task per run "
-                         f"({'1 GPU' if gpus else '1 CPU'}, {threads} TF thread(s)), "
+                         f"({'1 GPU' if gpus else f'{threads} CPU(s)'}, {threads} TF thread(s)), "
                          f"up to {max_retries} retries"))
         progress.note(outcome.description)
         lines = Queue(actor_options={"num_cpus": 0})
