@@ -397,6 +397,21 @@ def test_resume_continues_from_the_selections_in_the_file(finished, tmp_path, sy
     assert list(after["steps"][2]["labeled_class_counts"].values()) == counts
 
 
+def test_resuming_on_another_cpu_model_says_so_and_records_it(finished, tmp_path, synthetic_dataset,
+                                                              build_model, capsys):
+    def elsewhere(r):
+        r["provenance"]["cpu_model"] = "Some Other CPU"
+
+    partial(finished["main"], tmp_path, strategy="random", edit=elsewhere)
+    run(synthetic_dataset, build_model, tmp_path, strategy="random")
+    err = capsys.readouterr().err
+    assert "random_seed0.json resumes at step 2 on other hardware (cpu_model 'Some Other CPU' -> " in err
+    assert read(tmp_path, "random")["provenance"]["resumed"][-1]["cpu_model"] == runs.cpu_model()
+    partial(finished["main"], tmp_path, strategy="random")  # the same CPU: no note
+    run(synthetic_dataset, build_model, tmp_path, strategy="random")
+    assert "other hardware" not in capsys.readouterr().err
+
+
 def test_a_run_killed_while_writing_a_step_keeps_the_last_file_and_resumes_to_the_same_result(
         finished, tmp_path, synthetic_dataset, build_model, monkeypatch):
     # Killed during the atomic write of step 2: the file still holds steps 0-1, and the killed

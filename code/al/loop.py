@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -386,6 +387,13 @@ def run_active_learning(*, dataset: str, data: Dataset, build_model: Callable, c
         here = {"step": len(run["steps"]), "git_commit": runs.git_commit(), "cpu_model": runs.cpu_model(),
                 "devices": gpu_names()}
         run["provenance"].setdefault("resumed", []).append(here)
+        before = run["provenance"].get("resumed", [])[-2:-1] or [run["provenance"]]
+        moved = [f"{key} {before[0].get(key)!r} -> {here[key]!r}" for key in ("cpu_model", "devices")
+                 if key in before[0] and before[0][key] != here[key]]
+        if moved:
+            print(f"note: {path.name} resumes at step {here['step']} on other hardware ({'; '.join(moved)}): its "
+                  "later steps may differ in the last bits from an uninterrupted run (recorded in "
+                  "provenance.resumed)", file=sys.stderr)
     selected = [np.asarray(s["selected"], dtype=np.int64) for s in run["steps"]]
     if not selected:
         selected = [np.random.default_rng(seed).choice(n_pool, config["start_size"], replace=False)]
