@@ -197,9 +197,12 @@ def strategy_table(dataset: str, df, stats, areas, strategies) -> list[str]:
     p-values compare each strategy with ``random`` and with ``entropy`` (where present):
     two-sided Wilcoxon signed-rank over the seeds both ran, at the final budget and on AUBC.
     """
+    # Labels to a target: over the runs that reached the final budget only, so that seeds still
+    # under way do not move the mean of the early budgets alone.
+    finished = mean_std(df.merge(final_values(df)[["strategy", "seed"]], on=["strategy", "seed"]))
     final_random = None
-    if BASELINE in strategies:
-        rand = stats[stats.strategy == BASELINE]
+    if BASELINE in strategies and BASELINE in set(finished.strategy):
+        rand = finished[finished.strategy == BASELINE]
         final_random = float(rand.sort_values("n_labeled")["mean"].iloc[-1])
     references = [r for r in (BASELINE, "entropy") if r in strategies]
     published = PUBLISHED_TARGETS.get(dataset.split("_")[0])
@@ -222,10 +225,10 @@ def strategy_table(dataset: str, df, stats, areas, strategies) -> list[str]:
                  *["-" if s == r else fmt_p(paired_wilcoxon(finals, "macro_f1", s, r)) for r in references],
                  fmt(a.mean(), a.std()),
                  *["-" if s == r else fmt_p(paired_wilcoxon(areas, "aubc", s, r)) for r in references],
-                 reached(labels_to_reach(stats, s, final_random)) if final_random is not None else "-",
-                 reached(labels_to_stay(stats, s, final_random)) if final_random is not None else "-"]
+                 reached(labels_to_reach(finished, s, final_random)) if final_random is not None else "-",
+                 reached(labels_to_stay(finished, s, final_random)) if final_random is not None else "-"]
         if published:
-            cells.append(reached(labels_to_reach(stats, s, published)))
+            cells.append(reached(labels_to_reach(finished, s, published)))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -877,8 +880,8 @@ def summarize_dataset(folder: Path, out_dir: Path) -> str | None:
              "AUBC: area under the macro-F1 vs labels curve divided by the label range. p: two-sided "
              "Wilcoxon signed-rank test over paired seeds (same initial labeled set per seed); with "
              "n pairs the smallest possible p is 2 / 2^n (0.002 for 10, 0.0625 for 5). The p-values in "
-             "this table are uncorrected (one test per cell). Labels to random's final: the first "
-             "budget at which the mean reaches it; to stay at it: the first budget from which the "
+             "this table are uncorrected (one test per cell). Labels to random's final (over the runs "
+             "that reached the final budget): the first budget at which the mean reaches it; to stay at it: the first budget from which the "
              "mean never falls below it again. Final F1 and "
              "AUBC count only the runs that reached the final budget; unranked (-): none has yet.", "",
              "## Macro-F1 per budget (mean ± std, seeds)", "", *budget_table(df, stats, strategies), "",

@@ -564,3 +564,11 @@ def test_a_target_reached_with_no_label_at_all_is_a_budget_of_zero_not_never():
     stats = pd.DataFrame({"strategy": ["random", "random"], "n_labeled": [0, 10], "mean": [0.5, 0.6]})
     assert plot_perf.reached(plot_perf.labels_to_reach(stats, "random", 0.4)) == "0"
     assert plot_perf.reached(plot_perf.labels_to_reach(stats, "random", 0.9)) == "not reached"
+
+
+def test_labels_to_random_final_count_only_runs_that_reached_the_final_budget(results):
+    # A fourth entropy seed still under way, far below the others at 30 labels: left out.
+    write_run(results / "toy", run_dict("entropy", 3, [0.4, 0.1], complete=False))
+    _, summary = summarize(results)
+    assert table_cell(summary, "entropy", "labels to random's final (0.7000)", "## Strategies") == "30"
+    assert table_row(summary, "30", "## Macro-F1 per budget")[2].endswith("(4)")  # the curve still shows it
