@@ -21,7 +21,9 @@ Candidates (:data:`CANDIDATES`):
   and training settings) on the development global model's frozen last hidden layer;
 - ``finetune_*``: the development global model itself, its trained weights the starting point,
   every layer trained with the patient training settings (``TRAIN_STEPS`` updates, one-cycle) at
-  the learning rate named.
+  the learning rate named;
+- ``last_layer_*``: only the global model's softmax layer, on the same frozen features as the
+  head and at the head's cost, starting from its trained weights (the head starts from scratch).
 
 Each finished fit is appended to ``<out-dir>/patient_model_search.jsonl`` (an interrupted search
 resumes); the report ``patient_model_search.md`` (and ``.json``) gives, per candidate and budget,
@@ -55,6 +57,8 @@ CANDIDATES = {
     "head": {},
     "finetune_lr3e-4": {"learning_rate": 3e-4},
     "finetune_lr3e-3": {"learning_rate": 3e-3},
+    "last_layer_lr3e-4": {"learning_rate": 3e-4},
+    "last_layer_lr3e-3": {"learning_rate": 3e-3},
 }
 FIGURES = ("VEB Se", "VEB +P", "SVEB Se", "SVEB +P", "macro-F1 NSVF")
 _DEV_STREAM = 2 ** 31 - 5  # the development global model's seed sequence: [GLOBAL_SEED, _DEV_STREAM]
@@ -71,6 +75,26 @@ def finetune_config(config: dict, changes: dict) -> dict:
                                        "optimizer", "weight_decay", "label_smoothing", "val_fraction",
                                        "patience", "class_weight")}
     return {**mitbih_patient.global_config(config), **training, **changes}
+
+
+def candidate_config(config: dict, candidate: str) -> dict:
+    """The training config of ``candidate`` (what its journal records carry)."""
+    if candidate == "head":
+        return config
+    if candidate.startswith("finetune"):
+        return finetune_config(config, CANDIDATES[candidate])
+    return {**config, **CANDIDATES[candidate], "architecture": "global_last_layer"}
+
+
+def last_layer_builder(kernel: np.ndarray, bias: np.ndarray):
+    """A softmax layer on the features that starts from the global model's last layer."""
+    def build_model(config, input_shape, n_classes):
+        import keras
+        inputs = keras.Input(input_shape)
+        model = keras.Model(inputs, keras.layers.Dense(n_classes, activation="softmax")(inputs))
+        model.layers[-1].set_weights([kernel, bias])
+        return models.compile_model(model, config, n_classes)
+    return build_model
 
 
 def finetune_builder(global_cfg: dict, weights_path: str):
@@ -169,7 +193,7 @@ def main(argv=None) -> list[dict]:
     out_dir.mkdir(parents=True, exist_ok=True)
     journal = out_dir / "patient_model_search.jsonl"
     done = {(r["candidate"], r["record"], r["seed"], r["budget"]) for r in read_records(journal)
-            if r["config"] == (config if r["candidate"] == "head" else finetune_config(config, CANDIDATES[r["candidate"]]))}
+            if r["candidate"] in CANDIDATES and r["config"] == candidate_config(config, r["candidate"])}
 
     beats = data_mitbih.load_record_beats(args.data_dir, rr_features=True)
     keep = np.isin(beats.record_ids, data_mitbih.DS1)
@@ -182,6 +206,7 @@ def main(argv=None) -> list[dict]:
     model = loop.train_fresh_model(mitbih.build_model, global_cfg, x[train], y[train], n_classes,
                                    [config["global_seed"], _DEV_STREAM])
     features, _ = keras_ops.embed_and_predict(model, x, purpose="patient features")
+    last_layer = last_layer_builder(*model.layers[-1].get_weights())
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, "global.weights.h5")
         model.save_weights(weights)
@@ -197,11 +222,13 @@ def main(argv=None) -> list[dict]:
                     for candidate in args.candidates:
                         if (candidate, record, seed, budget) in done:
                             continue
+                        cfg = candidate_config(config, candidate)
                         if candidate == "head":
-                            cfg, build, inputs = config, mitbih_patient.build_model, features
-                        else:
-                            cfg = finetune_config(config, CANDIDATES[candidate])
+                            build, inputs = mitbih_patient.build_model, features
+                        elif candidate.startswith("finetune"):
                             build, inputs = finetune_builder(global_cfg, weights), x
+                        else:
+                            build, inputs = last_layer, features
                         started = time.perf_counter()
                         fitted = loop.train_fresh_model(build, cfg, inputs[chosen], y[chosen], n_classes,
                                                         [seed, record, budget])

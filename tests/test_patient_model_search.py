@@ -34,17 +34,18 @@ def test_the_search_trains_on_other_ds1_patients_scores_the_held_out_ones_and_re
     real = loop.train_fresh_model
     monkeypatch.setattr(loop, "train_fresh_model", lambda build, cfg, x, y, n, seq: fits.append(
         (cfg["architecture"], len(x), bool(np.isnan(x).any()))) or real(build, cfg, x, y, n, seq))
-    argv = ["--smoke", "--candidates", "head,finetune_lr3e-4", "--out-dir", str(tmp_path)]
+    argv = ["--smoke", "--candidates", "head,finetune_lr3e-4,last_layer_lr3e-3", "--out-dir", str(tmp_path)]
     rows = search.main(argv)
     held_out = search.HOLDOUT[:2]
     assert fits[0] == ("ecg_resnet", (len(DS1) - len(held_out)) * PER_RECORD, False)  # the dev global model
     assert not any(nan for _, _, nan in fits)  # no DS2 beat anywhere
-    assert [a for a, _, _ in fits[1:3]] == ["mlp", "ecg_resnet"]  # the head, then the whole net
+    assert [a for a, _, _ in fits[1:4]] == ["mlp", "ecg_resnet", "global_last_layer"]
     journal = [json.loads(line) for line in (tmp_path / "patient_model_search.jsonl").read_text().splitlines()]
-    assert len(journal) == len(held_out) * 2 * 2  # records x budgets (0, 5) x candidates, one seed
+    assert len(journal) == len(held_out) * 2 * 3  # records x budgets (0, 5) x candidates, one seed
     n_test = PER_RECORD - int(round(PER_RECORD * 0.5))
     assert all(np.sum(r["confusion_matrix"]) == n_test for r in journal)
-    assert {(r["candidate"], r["budget"]) for r in rows} == {(c, b) for c in ("head", "finetune_lr3e-4") for b in (0, 5)}
+    candidates = ("head", "finetune_lr3e-4", "last_layer_lr3e-3")
+    assert {(r["candidate"], r["budget"]) for r in rows} == {(c, b) for c in candidates for b in (0, 5)}
     assert all(r["records"] == len(held_out) for r in rows)
     assert "| finetune_lr3e-4 | 5 | 1 |" in (tmp_path / "patient_model_search.md").read_text()
     fits.clear()
@@ -72,3 +73,15 @@ def test_a_cut_off_last_journal_line_is_ignored_and_an_unknown_candidate_refused
     assert search.read_records(path) == [{"a": 1}]
     with pytest.raises(SystemExit):
         search.parse_args(["--candidates", "head,bogus"])
+
+
+def test_the_last_layer_candidate_starts_from_the_global_softmax_layer():
+    rng = np.random.default_rng(0)
+    kernel, bias = rng.normal(size=(32, 5)).astype(np.float32), rng.normal(size=5).astype(np.float32)
+    config = search.candidate_config(search.patient_config(), "last_layer_lr3e-4")
+    model = search.last_layer_builder(kernel, bias)(config, (32,), 5)
+    features = rng.normal(size=(4, 32)).astype(np.float32)
+    logits = features @ kernel + bias
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    assert np.allclose(model.predict(features, verbose=0), expected / expected.sum(axis=1, keepdims=True), atol=1e-5)
+    assert config["architecture"] == "global_last_layer" and config["learning_rate"] == 3e-4
