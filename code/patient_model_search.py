@@ -238,7 +238,8 @@ def main(argv=None) -> list[dict]:
                         np.add.at(matrix, (y[test], predicted), 1)
                         append_record(journal, {"candidate": candidate, "record": record, "seed": seed,
                                                 "budget": budget, "confusion_matrix": matrix.tolist(),
-                                                "fit_seconds": round(seconds, 3), "config": cfg})
+                                                "fit_seconds": round(seconds, 3), "config": cfg,
+                                                "git_commit": runs.git_commit(), "cpu_model": runs.cpu_model()})
                         print(f"{candidate} record {record} seed {seed} {budget} beats: {seconds:.1f} s", flush=True)
     records = [r for r in read_records(journal) if r["record"] in holdout]
     rows = gross(records, data_mitbih.CLASS_NAMES)
