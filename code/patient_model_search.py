@@ -43,6 +43,7 @@ import time
 import warnings
 
 import numpy as np
+from sklearn.metrics import confusion_matrix
 
 import mitbih
 import mitbih_patient
@@ -108,28 +109,6 @@ def finetune_builder(global_cfg: dict, weights_path: str):
     return build_model
 
 
-def read_records(path) -> list[dict]:
-    """Finished fits; a last line cut off by a kill is ignored."""
-    if not os.path.exists(path):
-        return []
-    lines = open(path, encoding="utf-8").read().splitlines()
-    out = []
-    for i, line in enumerate(lines):
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i != len(lines) - 1:
-                raise
-    return out
-
-
-def append_record(path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def gross(records: list[dict], class_names: list[str]) -> list[dict]:
     """Per candidate, budget and seed: the held-out records' matrices added up, then the figures."""
     groups: dict[tuple, list] = {}
@@ -192,7 +171,7 @@ def main(argv=None) -> list[dict]:
     out_dir = resolve_repo_path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     journal = out_dir / "patient_model_search.jsonl"
-    done = {(r["candidate"], r["record"], r["seed"], r["budget"]) for r in read_records(journal)
+    done = {(r["candidate"], r["record"], r["seed"], r["budget"]) for r in runs.read_jsonl(journal)
             if r["candidate"] in CANDIDATES and r["config"] == candidate_config(config, r["candidate"])}
 
     beats = data_mitbih.load_record_beats(args.data_dir, rr_features=True)
@@ -234,14 +213,13 @@ def main(argv=None) -> list[dict]:
                                                         [seed, record, budget])
                         seconds = time.perf_counter() - started
                         predicted = keras_ops.predict_proba(fitted, inputs[test]).argmax(axis=1)
-                        matrix = np.zeros((n_classes, n_classes), dtype=int)
-                        np.add.at(matrix, (y[test], predicted), 1)
-                        append_record(journal, {"candidate": candidate, "record": record, "seed": seed,
-                                                "budget": budget, "confusion_matrix": matrix.tolist(),
-                                                "fit_seconds": round(seconds, 3), "config": cfg,
-                                                "git_commit": runs.git_commit(), "cpu_model": runs.cpu_model()})
+                        matrix = confusion_matrix(y[test], predicted, labels=list(range(n_classes)))
+                        runs.append_line_atomic(journal, json.dumps(
+                            {"candidate": candidate, "record": record, "seed": seed, "budget": budget,
+                             "confusion_matrix": matrix.tolist(), "fit_seconds": round(seconds, 3), "config": cfg,
+                             "git_commit": runs.git_commit(), "cpu_model": runs.cpu_model()}, sort_keys=True))
                         print(f"{candidate} record {record} seed {seed} {budget} beats: {seconds:.1f} s", flush=True)
-    records = [r for r in read_records(journal) if r["record"] in holdout]
+    records = [r for r in runs.read_jsonl(journal) if r["record"] in holdout]
     rows = gross(records, data_mitbih.CLASS_NAMES)
     command = "python code/patient_model_search.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report = {"command": command.strip(), "holdout": holdout, "budgets": budgets, "seeds": list(seeds),

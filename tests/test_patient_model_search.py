@@ -70,7 +70,7 @@ def test_the_fine_tuned_model_starts_from_the_global_weights(tmp_path):
 def test_a_cut_off_last_journal_line_is_ignored_and_an_unknown_candidate_refused(tmp_path):
     path = tmp_path / "j.jsonl"
     path.write_text(json.dumps({"a": 1}) + "\n" + '{"a": 2, "b"')
-    assert search.read_records(path) == [{"a": 1}]
+    assert search.runs.read_jsonl(path) == [{"a": 1}]  # what the search resumes from
     with pytest.raises(SystemExit):
         search.parse_args(["--candidates", "head,bogus"])
 

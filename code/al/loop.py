@@ -386,10 +386,11 @@ def run_active_learning(*, dataset: str, data: Dataset, build_model: Callable, c
     if previous:
         here = {"step": len(run["steps"]), "git_commit": runs.git_commit(), "cpu_model": runs.cpu_model(),
                 "devices": gpu_names()}
-        run["provenance"].setdefault("resumed", []).append(here)
-        before = run["provenance"].get("resumed", [])[-2:-1] or [run["provenance"]]
-        moved = [f"{key} {before[0].get(key)!r} -> {here[key]!r}" for key in ("cpu_model", "devices")
-                 if key in before[0] and before[0][key] != here[key]]
+        resumed = run["provenance"].setdefault("resumed", [])
+        before = resumed[-1] if resumed else run["provenance"]  # where the last steps ran
+        resumed.append(here)
+        moved = [f"{key} {before.get(key)!r} -> {here[key]!r}" for key in ("cpu_model", "devices")
+                 if key in before and before[key] != here[key]]
         if moved:
             print(f"note: {path.name} resumes at step {here['step']} on other hardware ({'; '.join(moved)}): its "
                   "later steps may differ in the last bits from an uninterrupted run (recorded in "
