@@ -254,6 +254,14 @@ def test_report_has_the_promised_keys_and_ratios(tmp_path):
     assert report["ours_threads"] == 1 and report["options"]["threads"] == 1 and "ours_jobs" not in report
     text = benchmark.markdown(report)
     assert "| mnist | 30 |" in text and "15.0x" in text and "10.0*" in text
+    mnist = report["datasets"]["mnist"]
+    # ours, one process: each component is a third of the step (1 s at 10 labels, 4/3 s at 30,
+    # 7/6 s at 20 interpolated); 10 seeds x 2 strategies train and evaluate at 10, 20 and 30
+    # labels; the 10 entropy runs score at 10 and 20 labels
+    serial = (20 * 2 * (1 + 7 / 6 + 4 / 3) + 10 * (1 + 7 / 6)) / 60
+    assert mnist["ours_protocol_minutes_projected_serial"] == pytest.approx(serial)
+    assert mnist["ours_protocol_minutes_projected_parallel"] == pytest.approx(serial / report["cpu_cores"])
+    assert f"| mnist | {projected:.1f} | {serial:.1f} | {serial / report['cpu_cores']:.1f} | 2.0 |" in text
     assert "--threads 1" in text and "--jobs" not in text and "state/" not in text
     json.dumps(report)  # everything is serializable
     benchmark.write_outputs(report, tmp_path / "out")
