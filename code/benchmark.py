@@ -44,6 +44,12 @@ it is used as it is). A reference with early stopping (MNIST) is extrapolated to
 f`` scores only a fraction f of the pool and scales the scoring time by 1 / f. Scaled numbers
 are flagged in both outputs.
 
+``--measurements-from FILE`` measures nothing: it rebuilds the report from the step times stored in
+an earlier ``benchmark.json`` of this machine (same CPU model and cores, same dataset configs) and
+reads the protocol wall time from the grid logs as they are now, so a protocol run made after the
+benchmark (both need the machine to themselves) joins the measured steps; the report names the
+file, date and commit the measurements come from.
+
 ``--ref-epochs SEEDS`` runs no benchmark: it trains the early-stopping reference (MNIST) fully
 at both label counts once per seed and reports how many epochs early stopping ran, the best
 epoch and the seconds (``<out-dir>/benchmark_ref_epochs.md`` / ``.json``).
@@ -82,7 +88,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from al import bench, cli, models, runs
 from al.bench import DATASETS, LABEL_SEED
-from al.data_common import Dataset, resolve_repo_path
+from al.data_common import REPO_ROOT, Dataset, resolve_repo_path
 from al.loop import evaluate, select_next, train_fresh_model
 from al.strategies import get_strategy
 
@@ -920,6 +926,24 @@ def protocol_rows(report: dict) -> list[str]:
     return rows
 
 
+def shown_path(path: str) -> str:
+    """``path`` relative to the repository when it lies inside it, else as it is."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def stored_note(report: dict) -> list[str]:
+    """The line naming the earlier report whose step times a ``--measurements-from`` report uses."""
+    src = report.get("measurements_from")
+    if not src:
+        return []
+    return [f"- Step times not measured by this command: taken from `{src['path']}` "
+            f"(`{src['command']}`, {src['created_at']}, code at {src['git_commit']}); the protocol "
+            "wall time is read from the grid logs as they are now."]
+
+
 def markdown(report: dict) -> str:
     """``benchmark.md``: machine, command, per-step table, protocol projection vs measurement."""
     smoke = ["", "**SMOKE RUN: tiny data, 2 epochs; the numbers mean nothing.**"] if report["smoke"] else []
@@ -928,7 +952,7 @@ def markdown(report: dict) -> str:
         f"- Reference: TensorFlow's default threads (all cores), one process. Ours: "
         f"{report['ours_threads']} TensorFlow thread(s) per process, as a protocol worker with "
         f"--threads {report['ours_threads']}.",
-        *smoke, "",
+        *smoke, *stored_note(report), "",
         "## Seconds per active-learning step (train + score pool + evaluate on test)", "",
         "| dataset | labels | ref train | ref score | ref eval | ref total | ours train | ours score "
         "| ours eval | ours total | speed-up |",
@@ -943,7 +967,8 @@ def markdown(report: dict) -> str:
         "summed the same way, in one process, and that divided by the machine's "
         f"{report['cpu_cores']} cores (one run per core, spread evenly: a lower bound on the wall "
         "time). Measured: wall time of this project's latest complete default-protocol run on this "
-        "machine, same config and threads (`results/<dataset>/grid_log.jsonl`); speed-up: "
+        f"machine, same config and threads (`{shown_path(report['options']['protocol_results_dir'])}"
+        "/<dataset>/grid_log.jsonl`); speed-up: "
         "reference projected over ours measured.",
         "",
         f"| dataset | reference projected | ours projected, 1 process | ours projected, "
@@ -984,6 +1009,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "fully at both label counts once per seed (labeled set, validation set and "
                              "weights drawn from the seed) and report the epochs early stopping ran, "
                              "to <out-dir>/benchmark_ref_epochs.md/.json")
+    parser.add_argument("--measurements-from", default=None, metavar="FILE",
+                        help="measure nothing: rebuild the report from the step times in an earlier "
+                             "benchmark.json of this machine, with the protocol wall time read now from "
+                             "--protocol-results-dir (a protocol run made after the benchmark)")
     parser.add_argument("--smoke", action="store_true",
                         help="test the script only: 512 pool and 256 test samples, labels START_SIZE/4 "
                              "and /2, 2 epochs (reference: 1 measured; a fixed TRAIN_STEPS capped at "
@@ -1042,19 +1071,61 @@ def describe(m: dict) -> str:
     return f"{m['dataset']:>6} {m['kind']:>9} {m['n_labeled']:5d} labels: {parts}, total {total:.1f} s"
 
 
+def stored_measurements(path: Path, plans: dict, args) -> tuple[dict, list[dict]]:
+    """The measurements of the earlier report at ``path`` for the datasets of ``plans``.
+
+    Refused (``SystemExit`` with the reason) unless the file is a benchmark report that is not a
+    smoke run, holds every dataset with the config its script runs with now, and was measured on
+    a machine with this CPU model and core count (a protocol wall time of another machine would
+    not be comparable). Sets ``args``' partial-measurement options to the stored ones.
+    """
+    def refuse(why):
+        raise SystemExit(f"error: --measurements-from {path}: {why}; run python code/benchmark.py "
+                         "to measure the steps again")
+    try:
+        earlier = json.loads(Path(path).read_text())
+        stored = {ds: earlier["datasets"][ds] for ds in plans}
+        machine = (earlier["cpu_model"], earlier["cpu_cores"])
+        options = earlier["options"]
+    except OSError as exc:
+        refuse(f"cannot be read ({exc.strerror or exc})")
+    except (ValueError, KeyError, TypeError) as exc:
+        refuse(f"not a benchmark.json holding {', '.join(plans)} ({exc!r})")
+    if earlier.get("smoke"):
+        refuse("it is a smoke run, whose numbers mean nothing")
+    if machine != (runs.cpu_model(), os.cpu_count()):
+        refuse(f"measured on {machine[1]} cores of {machine[0]!r}, this machine has "
+               f"{os.cpu_count()} of {runs.cpu_model()!r}")
+    for ds, plan in plans.items():
+        if stored[ds].get("config") != plan["config"]:
+            refuse(f"{ds} was measured with another config than code/{ds}.py runs with now")
+    args.ref_train_epochs_measured = options.get("ref_train_epochs_measured")
+    args.ref_score_fraction = options.get("ref_score_fraction")
+    return earlier, [m for ds in plans for m in stored[ds]["measurements"]]
+
+
 def main(argv=None) -> dict:
     """Measure every dataset x label count x kind in its own process, then write the report
-    (``--ref-epochs``: :func:`main_reference_epochs` instead)."""
+    (``--ref-epochs``: :func:`main_reference_epochs` instead; ``--measurements-from``: the
+    report from stored measurements)."""
     args = parse_args(argv)
     if args.ref_epochs is not None:
         return main_reference_epochs(args, argv)
     plans = {ds: plan_dataset(ds, args.smoke, args.threads) for ds in args.datasets}
-    measurements = []
-    for group in process_groups(measurement_specs(plans, args), args.smoke):
-        for m in bench.in_fresh_process(group, run_measurements):
-            print(describe(m), flush=True)
-            measurements.append(m)
+    earlier = None
+    if args.measurements_from is not None:
+        earlier, measurements = stored_measurements(Path(args.measurements_from), plans, args)
+    else:
+        measurements = []
+        for group in process_groups(measurement_specs(plans, args), args.smoke):
+            for m in bench.in_fresh_process(group, run_measurements):
+                print(describe(m), flush=True)
+                measurements.append(m)
     report = build_report(plans, measurements, args, bench.command_line("benchmark", argv))
+    if earlier is not None:  # where the step times were measured; a rebuilt report keeps its origin
+        report["measurements_from"] = earlier.get("measurements_from") or {
+            "path": str(args.measurements_from), "command": earlier["command"],
+            "created_at": earlier["created_at"], "git_commit": earlier["git_commit"]}
     write_outputs(report, args.out_dir)
     for key in ("speedup_step_mitbih", "speedup_step_mnist", "reference_protocol_minutes_projected",
                 "protocol_minutes_measured", "speedup_protocol"):

@@ -566,3 +566,65 @@ def test_reference_epochs_report_summarizes_each_budget(tmp_path):
     assert "| mnist | 256 | 2 | 60 / 70.0 / 80 | 20 / 30.0 / 40 | 140 | 2.0 |" in text
     assert "| mnist | 1408 | 1 | 120 / 120.0 / 120 |" in text and "at most 120 epochs" in text
     assert "3 of 4 planned (interrupted or still running)" in text
+
+
+# --------------------------------------------------------------------------- --measurements-from
+def stored_report(tmp_path, plan):
+    """An earlier benchmark report of this machine, with no protocol run yet."""
+    measurements = [fake_measurement("mnist", kind, n, total) for kind, n, total in
+                    [("reference", 256, 30.0), ("ours", 256, 3.0), ("reference", 1408, 60.0), ("ours", 1408, 4.0)]]
+    args = argparse.Namespace(protocol_results_dir=tmp_path / "none", smoke=False, threads=1,
+                              ref_train_epochs_measured=None, ref_score_fraction=0.5)
+    report = benchmark.build_report({"mnist": plan}, measurements, args, "python code/benchmark.py")
+    benchmark.write_outputs(report, tmp_path / "earlier")
+    return report, tmp_path / "earlier" / "benchmark.json"
+
+
+def test_measurements_from_joins_stored_step_times_with_a_later_protocol_run(tmp_path, capsys):
+    plan = benchmark.plan_dataset("mnist", smoke=False)
+    earlier, path = stored_report(tmp_path, plan)
+    assert earlier["protocol_minutes_measured"] is None
+    write_log(tmp_path / "later", [grid_line(100, wall_seconds=600.0, config=plan["config"])])
+    out = tmp_path / "out"
+    report = benchmark.main(["--datasets", "mnist", "--measurements-from", str(path),
+                             "--protocol-results-dir", str(tmp_path / "later"), "--out-dir", str(out)])
+    assert report["protocol_minutes_measured"] == pytest.approx(10.0)
+    assert report["datasets"]["mnist"]["measurements"] == earlier["datasets"]["mnist"]["measurements"]
+    assert report["reference_protocol_minutes_projected"] == pytest.approx(earlier["reference_protocol_minutes_projected"])
+    assert report["options"]["ref_score_fraction"] == 0.5  # the stored measurement's options
+    assert report["measurements_from"] == {"path": str(path), "command": "python code/benchmark.py",
+                                           "created_at": earlier["created_at"], "git_commit": earlier["git_commit"]}
+    text = (out / "benchmark.md").read_text()
+    assert f"taken from `{path}`" in text and "| mnist | " in text and "| 10.0 |" in text
+    assert f"(`{tmp_path / 'later'}/<dataset>/grid_log.jsonl`)" in text  # the folder it read
+    assert "taken from" not in benchmark.markdown(earlier)
+    again = benchmark.main(["--datasets", "mnist", "--measurements-from", str(out / "benchmark.json"),
+                            "--protocol-results-dir", str(tmp_path / "later"), "--out-dir", str(out)])
+    assert again["measurements_from"] == report["measurements_from"]  # the origin, not the rebuild
+    assert again["datasets"]["mnist"]["measurements"] == earlier["datasets"]["mnist"]["measurements"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.update(smoke=True), "smoke run"),
+    (lambda r: r.update(cpu_model="another CPU"), "measured on"),
+    (lambda r: r.update(cpu_cores=999), "measured on"),
+    (lambda r: r["datasets"]["mnist"]["config"].update(n_steps=3), "another config"),
+    (lambda r: r["datasets"].pop("mnist"), "not a benchmark.json"),
+])
+def test_measurements_from_refuses_reports_it_cannot_join(tmp_path, change, message):
+    plan = benchmark.plan_dataset("mnist", smoke=False)
+    earlier, path = stored_report(tmp_path, plan)
+    change(earlier)
+    path.write_text(json.dumps(earlier))
+    with pytest.raises(SystemExit, match=message):
+        benchmark.main(["--datasets", "mnist", "--measurements-from", str(path), "--out-dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out" / "benchmark.json").exists()
+
+
+def test_measurements_from_a_missing_or_corrupt_file_says_so(tmp_path):
+    for content, message in ((None, "cannot be read"), ("{not json", "not a benchmark.json")):
+        path = tmp_path / "benchmark.json"
+        if content is not None:
+            path.write_text(content)
+        with pytest.raises(SystemExit, match=message):
+            benchmark.main(["--datasets", "mnist", "--measurements-from", str(path), "--out-dir", str(tmp_path / "out")])
