@@ -354,17 +354,20 @@ def project_protocol_seconds(step_seconds: dict[int, dict[str, float]], start_si
 
 # --------------------------------------------------------------------------- protocol records
 def is_protocol_grid(line: dict, config: dict, n_seeds: int, strategies: list[str],
-                     cpu_cores: int | None) -> bool:
-    """True if a grid-log line ran the default protocol: its seeds, strategies and config.
+                     cpu_cores: int | None, cpu_model: str | None = None) -> bool:
+    """True if a grid-log line ran the default protocol: its seeds, strategies and config,
+    on ``cpu_cores`` cores of ``cpu_model`` (None: any).
 
     The grid must be exactly ``n_seeds`` seeds x ``strategies``: a wider grid's wall time
-    holds extra runs and would not be comparable with the projection.
+    holds extra runs and would not be comparable with the projection; nor would a grid of
+    another CPU model.
     """
     same_config = json.dumps(line.get("config"), sort_keys=True) == json.dumps(config, sort_keys=True)
     return (same_config
             and len(set(line.get("seeds", []))) == n_seeds
             and sorted(line.get("strategies", [])) == sorted(strategies)
             and (cpu_cores is None or line.get("cpu_cores") == cpu_cores)
+            and (cpu_model is None or line.get("cpu_model") == cpu_model)
             and line.get("backend", "local") == "local"  # a cluster's time is not this machine's
             and isinstance(line.get("wall_seconds"), (int, float)))
 
@@ -399,11 +402,12 @@ def computed_every_step(line: dict, results_dir: Path, dataset: str) -> bool:
 
 
 def latest_protocol_run(results_dir: Path, dataset: str, config: dict, n_seeds: int,
-                        strategies: list[str], cpu_cores: int | None) -> dict | None:
+                        strategies: list[str], cpu_cores: int | None,
+                        cpu_model: str | None = None) -> dict | None:
     """The latest complete default-protocol grid of ``dataset`` in its grid log, or None."""
     path = Path(results_dir) / dataset / "grid_log.jsonl"
     lines = [line for line in runs.read_jsonl(path)
-             if is_protocol_grid(line, config, n_seeds, strategies, cpu_cores)
+             if is_protocol_grid(line, config, n_seeds, strategies, cpu_cores, cpu_model)
              and computed_every_step(line, results_dir, dataset)]
     return max(lines, key=lambda line: line["started_at"], default=None)
 
@@ -810,7 +814,7 @@ def dataset_report(dataset: str, plan: dict, measurements: list[dict], protocol_
     projected = project_protocol_seconds({n: s["reference"] for n, s in steps.items()}, *budget)
     ours_serial = project_protocol_seconds({n: s["ours"] for n, s in steps.items()}, *budget)
     run = latest_protocol_run(protocol_dir, plan["results_folder"], plan["config"], p["n_seeds"],
-                              p["strategies"], os.cpu_count())
+                              p["strategies"], os.cpu_count(), runs.cpu_model())
     measured_min = run["wall_seconds"] / 60 if run else None
     return {"label_counts": plan["label_counts"], "protocol": p, "config": plan["config"],
             "steps": {str(n): s for n, s in steps.items()},
@@ -1023,6 +1027,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = sorted(set(args.datasets) - set(DATASETS))
     if unknown or not args.datasets:
         parser.error(f"unknown datasets {unknown}; choose from {', '.join(DATASETS)}")
+    if args.measurements_from is not None:
+        clash = [flag for flag, given in (("--smoke", args.smoke), ("--ref-epochs", args.ref_epochs is not None),
+                                          ("--ref-train-epochs-measured", args.ref_train_epochs_measured is not None),
+                                          ("--ref-score-fraction", args.ref_score_fraction is not None)) if given]
+        if clash:
+            parser.error(f"--measurements-from measures nothing, so it takes no {', '.join(clash)}: the "
+                         "stored report's own settings are used")
     if args.ref_train_epochs_measured is None and args.smoke:
         args.ref_train_epochs_measured = SMOKE["ref_epochs_measured"]
     if args.ref_score_fraction is None:
@@ -1084,13 +1095,19 @@ def stored_measurements(path: Path, plans: dict, args) -> tuple[dict, list[dict]
                          "to measure the steps again")
     try:
         earlier = json.loads(Path(path).read_text())
-        stored = {ds: earlier["datasets"][ds] for ds in plans}
         machine = (earlier["cpu_model"], earlier["cpu_cores"])
         options = earlier["options"]
+        held = earlier["datasets"]
     except OSError as exc:
         refuse(f"cannot be read ({exc.strerror or exc})")
     except (ValueError, KeyError, TypeError) as exc:
-        refuse(f"not a benchmark.json holding {', '.join(plans)} ({exc!r})")
+        refuse(f"not a benchmark report ({exc!r})")
+    missing = [ds for ds in plans if not isinstance(held.get(ds), dict)
+               or not isinstance(held[ds].get("measurements"), list)]
+    if missing:
+        refuse(f"it holds no measurements of {', '.join(missing)} (pass --datasets "
+               f"{','.join(ds for ds in plans if ds not in missing) or '...'}, or measure them)")
+    stored = {ds: held[ds] for ds in plans}
     if earlier.get("smoke"):
         refuse("it is a smoke run, whose numbers mean nothing")
     if machine != (runs.cpu_model(), os.cpu_count()):
@@ -1098,7 +1115,8 @@ def stored_measurements(path: Path, plans: dict, args) -> tuple[dict, list[dict]
                f"{os.cpu_count()} of {runs.cpu_model()!r}")
     for ds, plan in plans.items():
         if stored[ds].get("config") != plan["config"]:
-            refuse(f"{ds} was measured with another config than code/{ds}.py runs with now")
+            refuse(f"{ds} was measured with another config than code/{ds}.py runs with now "
+                   f"(--threads included: {plan['config'].get('threads')} now)")
     args.ref_train_epochs_measured = options.get("ref_train_epochs_measured")
     args.ref_score_fraction = options.get("ref_score_fraction")
     return earlier, [m for ds in plans for m in stored[ds]["measurements"]]

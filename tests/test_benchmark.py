@@ -132,7 +132,7 @@ def test_step_data_puts_the_seeded_labeled_set_first_and_keeps_the_rest_as_pool(
 # --------------------------------------------------------------------------- grid log
 def grid_line(started_at, **changes) -> dict:
     line = {"started_at": started_at, "wall_seconds": 1000.0, "jobs": 2, "threads": 1, "cpu_cores": 2,
-            "machine": "x86_64", "n_runs": 20, "strategies": ["random", "entropy"],
+            "cpu_model": "AMD EPYC", "machine": "x86_64", "n_runs": 20, "strategies": ["random", "entropy"],
             "seeds": SEEDS, "fresh": True, "git_commit": "abc", "config": CONFIG}
     return {**line, **changes}
 
@@ -167,7 +167,7 @@ def write_results(results_dir, finished_at, config=CONFIG, complete=True) -> Non
 
 
 def latest(results_dir):
-    return benchmark.latest_protocol_run(results_dir, "mnist", CONFIG, 10, ["entropy", "random"], 2)
+    return benchmark.latest_protocol_run(results_dir, "mnist", CONFIG, 10, ["entropy", "random"], 2, "AMD EPYC")
 
 
 def test_grid_log_picks_the_latest_fresh_default_protocol_run(tmp_path):
@@ -179,6 +179,7 @@ def test_grid_log_picks_the_latest_fresh_default_protocol_run(tmp_path):
         grid_line(500, strategies=["random", "entropy", "margin"]),  # wider grid
         grid_line(600, fresh=False),                           # may have resumed: no result files
         grid_line(700, cpu_cores=16),                          # another machine
+        grid_line(800, cpu_model="Intel(R) Xeon(R) Processor"),  # another CPU model
     ], extra_text='{"started_at": 900, "wall_')                # an interrupted append
     assert latest(tmp_path)["started_at"] == 100
 
@@ -241,7 +242,7 @@ def test_report_has_the_promised_keys_and_ratios(tmp_path):
                          "strategies": ["random", "entropy"]}}
     measurements = [fake_measurement("mnist", kind, n, total) for kind, n, total in
                     [("reference", 10, 30.0), ("ours", 10, 3.0), ("reference", 30, 60.0), ("ours", 30, 4.0)]]
-    write_log(tmp_path, [grid_line(100, wall_seconds=120.0)])
+    write_log(tmp_path, [grid_line(100, wall_seconds=120.0, cpu_cores=os.cpu_count(), cpu_model=runs.cpu_model())])
     args = argparse.Namespace(protocol_results_dir=tmp_path, smoke=False, threads=1,
                               ref_train_epochs_measured=2, ref_score_fraction=1.0)
     report = benchmark.build_report({"mnist": plan}, measurements, args, "python code/benchmark.py")
@@ -584,7 +585,8 @@ def test_measurements_from_joins_stored_step_times_with_a_later_protocol_run(tmp
     plan = benchmark.plan_dataset("mnist", smoke=False)
     earlier, path = stored_report(tmp_path, plan)
     assert earlier["protocol_minutes_measured"] is None
-    write_log(tmp_path / "later", [grid_line(100, wall_seconds=600.0, config=plan["config"])])
+    write_log(tmp_path / "later", [grid_line(100, wall_seconds=600.0, config=plan["config"],
+                                             cpu_cores=os.cpu_count(), cpu_model=runs.cpu_model())])
     out = tmp_path / "out"
     report = benchmark.main(["--datasets", "mnist", "--measurements-from", str(path),
                              "--protocol-results-dir", str(tmp_path / "later"), "--out-dir", str(out)])
@@ -609,7 +611,9 @@ def test_measurements_from_joins_stored_step_times_with_a_later_protocol_run(tmp
     (lambda r: r.update(cpu_model="another CPU"), "measured on"),
     (lambda r: r.update(cpu_cores=999), "measured on"),
     (lambda r: r["datasets"]["mnist"]["config"].update(n_steps=3), "another config"),
-    (lambda r: r["datasets"].pop("mnist"), "not a benchmark.json"),
+    (lambda r: r["datasets"]["mnist"]["config"].update(threads=2), "--threads included"),
+    (lambda r: r["datasets"].pop("mnist"), "holds no measurements of mnist"),
+    (lambda r: r.pop("options"), "not a benchmark report"),
 ])
 def test_measurements_from_refuses_reports_it_cannot_join(tmp_path, change, message):
     plan = benchmark.plan_dataset("mnist", smoke=False)
@@ -622,9 +626,17 @@ def test_measurements_from_refuses_reports_it_cannot_join(tmp_path, change, mess
 
 
 def test_measurements_from_a_missing_or_corrupt_file_says_so(tmp_path):
-    for content, message in ((None, "cannot be read"), ("{not json", "not a benchmark.json")):
+    for content, message in ((None, "cannot be read"), ("{not json", "not a benchmark report")):
         path = tmp_path / "benchmark.json"
         if content is not None:
             path.write_text(content)
         with pytest.raises(SystemExit, match=message):
             benchmark.main(["--datasets", "mnist", "--measurements-from", str(path), "--out-dir", str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize("flags", [["--smoke"], ["--ref-epochs", "0"], ["--ref-score-fraction", "0.5"],
+                                   ["--ref-train-epochs-measured", "3"]])
+def test_measurements_from_takes_no_measuring_options(tmp_path, capsys, flags):
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--measurements-from", str(tmp_path / "b.json"), *flags])
+    assert f"takes no {flags[0]}" in capsys.readouterr().err
