@@ -398,3 +398,74 @@ def test_two_input_bald_is_the_top_bald_scores_of_its_passes(two_input_model):
                                                        two_inputs(5, seed=1))
     mc = mc_predict_proba(two_input_model, x, strategies.MC_PASSES, np.random.default_rng(3))
     assert list(positions) == list(strategies.top_k_positions(strategies.bald_scores(mc), 6))
+
+
+# --------------------------------------------------------------------------- functional models ending in a chain
+def small_resnet(rr_features=0):
+    """code/mitbih.py's ``ecg_resnet``, narrowed: a conv trunk, then Dropout and the dense layers."""
+    from al import models
+    import keras
+    keras.utils.set_random_seed(2)
+    config = {"res_filters": 4, "res_blocks": 2, "dropout": 0.3, "learning_rate": 1e-3, "rr_features": rr_features}
+    return models.ecg_resnet(config, (40 + 7 * rr_features, 1), 3)
+
+
+def skip_past_dropout_model():
+    """Dense -> Dropout, then the Dropout's output joined with its own input: no plain chain."""
+    import keras
+    keras.utils.set_random_seed(3)
+    a = keras.Input((4,))
+    h = keras.layers.Dense(6, activation="relu")(a)
+    z = keras.layers.Dropout(0.4)(h)
+    out = keras.layers.Dense(3, activation="softmax")(keras.layers.Concatenate()([z, h]))
+    return keras.Model(a, out)
+
+
+@pytest.mark.parametrize("rr_features", [0, 1])
+def test_dropout_chain_splits_the_residual_net_before_its_dropout(rr_features):
+    import keras
+    model = small_resnet(rr_features)
+    trunk, head = keras_ops.dropout_chain(model)
+    assert isinstance(head[0], keras.layers.Dropout) and head[-1] is model.layers[-1]
+    assert [type(layer).__name__ for layer in head] == ["Dropout", "Dense", "Dense", "Dense"]
+    x = np.random.default_rng(0).normal(size=(5, *model.input_shape[1:])).astype(np.float32)
+    h = keras.ops.convert_to_numpy(trunk(x, training=False))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras_ops._forward(head, h)), predict_proba(model, x),
+                               rtol=1e-5, atol=1e-6)  # trunk, then head in inference mode: the model
+
+
+def test_dropout_chain_is_none_when_a_branch_joins_after_the_dropout(two_input_model):
+    assert keras_ops.dropout_chain(skip_past_dropout_model()) is None
+    assert keras_ops.dropout_chain(two_input_model) is not None  # its Dropout is followed by a chain
+
+
+@pytest.mark.parametrize("make", [lambda: small_resnet(1), skip_past_dropout_model], ids=["chain", "no_chain"])
+def test_functional_mc_passes_equal_the_sampled_clones_passes(make):
+    """Running the trunk once and the chain on tiled copies is a speed-up only: the same seed
+    draws the same masks as the clone fed tiled inputs, so the same probabilities."""
+    import keras
+    model = make()
+    x = np.random.default_rng(1).normal(size=(30, *model.input_shape[1:])).astype(np.float32)
+    mc = mc_predict_proba(model, x, 4, np.random.default_rng(5), batch_size=40)  # 3 pool batches
+    seed = keras.random.SeedGenerator(int(np.random.default_rng(5).integers(2 ** 31 - 1)))
+    cloned = keras_ops._compiled(keras_ops._cloned_mc_passes(model, 4, seed, "test"))
+    expected = np.concatenate([keras.ops.convert_to_numpy(cloned(x[i:i + 10])).reshape(4, -1, 3)
+                               for i in range(0, 30, 10)], axis=1)
+    np.testing.assert_allclose(mc, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(mc[0], mc[1])  # the passes differ: the masks were sampled
+
+
+def test_mc_passes_of_a_model_ending_in_a_chain_run_its_trunk_once_not_a_clone(monkeypatch):
+    model = small_resnet(0)
+    monkeypatch.setattr(keras_ops, "_cloned_mc_passes", lambda *args: pytest.fail("the clone ran"))
+    x = np.random.default_rng(1).normal(size=(6, *model.input_shape[1:])).astype(np.float32)
+    assert mc_predict_proba(model, x, 3, np.random.default_rng(0)).shape == (3, 6, 3)
+
+
+def test_dropout_chain_is_none_for_a_model_with_two_outputs():
+    import keras
+    keras.utils.set_random_seed(4)
+    a = keras.Input((4,))
+    h = keras.layers.Dense(6, activation="relu")(a)
+    out = keras.layers.Dense(3, activation="softmax")(keras.layers.Dropout(0.4)(h))
+    assert keras_ops.dropout_chain(keras.Model(a, [out, h])) is None

@@ -205,7 +205,53 @@ def _sequential_mc_passes(model, mc_passes: int, seed, purpose: str):
     return stochastic_passes
 
 
+def dropout_chain(model):
+    """``(trunk, head)`` when a functional model ends in a plain chain that starts at its first
+    active Dropout, else None.
+
+    ``head`` is the list of layers from that Dropout to the output, each called once on the
+    previous one's output (no branch joins it), and ``trunk`` a model from the inputs to the
+    Dropout's input, which holds every layer before it, so the trunk is deterministic and
+    MC passes need to run it only once (``ecg_resnet``: the conv trunk, then Dropout and the
+    dense layers). A model with several outputs, a Dropout inside a branch, or a layer after
+    the Dropout that also reads another tensor gives None.
+    """
+    import keras
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    first = next((i for i, layer in enumerate(layers) if _is_active_dropout(layer)), None)
+    if first is None or len(model.outputs) != 1:
+        return None
+    head = layers[first:]
+    for previous, layer in zip([None, *head], head):
+        if len(layer._inbound_nodes) != 1:
+            return None
+        inputs = layer._inbound_nodes[0].input_tensors
+        if len(inputs) != 1 or (previous is not None and inputs[0] is not previous.output):
+            return None
+    if head[-1].output is not model.outputs[0]:
+        return None
+    trunk = keras.Model(model.inputs if len(model.inputs) > 1 else model.inputs[0], head[0].input)
+    return trunk, head
+
+
 def _functional_mc_passes(model, mc_passes: int, seed, purpose: str):
+    """Functional model: when it ends in a chain from its first Dropout (:func:`dropout_chain`),
+    the trunk runs once and the chain on tiled copies of its output, as for Sequential models;
+    otherwise a clone whose Dropout layers always sample, fed tiled inputs."""
+    import keras
+    split = dropout_chain(model)
+    if split is not None:
+        trunk, head = split
+
+        def chain_passes(part):
+            h = trunk(part, training=False)
+            h = keras.ops.tile(h, [mc_passes] + [1] * (len(h.shape) - 1))
+            return _forward(head, h, seed)
+        return chain_passes
+    return _cloned_mc_passes(model, mc_passes, seed, purpose)
+
+
+def _cloned_mc_passes(model, mc_passes: int, seed, purpose: str):
     """Functional model: a clone whose Dropout layers always sample, fed tiled inputs."""
     import keras
 
@@ -235,10 +281,11 @@ def mc_predict_proba(model, x, mc_passes: int, rng: np.random.Generator,
                      graph: bool = True) -> np.ndarray:
     """Class probabilities of ``mc_passes`` stochastic forward passes with dropout active.
 
-    Sequential models: the layers before the first Dropout are deterministic and run once
+    Sequential models, and functional ones that end in a chain from their first Dropout
+    (:func:`dropout_chain`): the layers before the first Dropout are deterministic and run once
     per batch; their output is tiled ``mc_passes`` times along the batch axis and the rest
-    runs once on the tiled batch. Functional models: the inputs are tiled and a clone with
-    sampled Dropout layers runs on them. Pool batches hold ``batch_size // mc_passes``
+    runs once on the tiled batch. Other functional models: the inputs are tiled and a clone
+    with sampled Dropout layers runs on them. Pool batches hold ``batch_size // mc_passes``
     samples. Dropout masks are seeded from ``rng``: same ``rng`` state, same probabilities.
     On the TensorFlow backend the passes of a batch run as one graph function;
     ``graph=False`` runs them eagerly (same masks; kept for benchmarks and tests).
