@@ -1,7 +1,9 @@
 """al.keras_ops: TensorFlow set-up, predictions, MC-dropout passes and embeddings of real tiny models.
 
-Sequential models run layer by layer; functional models (two inputs here) through a sub-model
-and a clone with sampled Dropout. Both must give what the layers compute by hand.
+Sequential models run layer by layer; functional models (two inputs here) through a sub-model,
+and for MC dropout either their trunk once and the chain after the first Dropout (a model that
+ends in such a chain, ``al.keras_ops.dropout_chain``) or a clone with sampled Dropout. All must
+give what the layers compute by hand, and the two MC paths the same probabilities.
 """
 
 from __future__ import annotations
