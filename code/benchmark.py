@@ -88,7 +88,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from al import bench, cli, models, runs
 from al.bench import DATASETS, LABEL_SEED
-from al.data_common import REPO_ROOT, Dataset, resolve_repo_path
+from al.data_common import Dataset, resolve_repo_path, shown_path
 from al.loop import evaluate, select_next, train_fresh_model
 from al.strategies import get_strategy
 
@@ -928,14 +928,6 @@ def protocol_rows(report: dict) -> list[str]:
                 f"{fmt_ratio(report['speedup_protocol'])} | "
                 f"{'sum of the datasets' if total is not None else 'not available: a dataset lacks a run'} |")
     return rows
-
-
-def shown_path(path: str) -> str:
-    """``path`` relative to the repository when it lies inside it, else as it is."""
-    try:
-        return str(Path(path).resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
 
 
 def stored_note(report: dict) -> list[str]:

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from al.runs import RunFileError, read_run as read_run_file, write_bytes_atomic, write_text_atomic
-from al.data_common import REPO_ROOT, resolve_repo_path
+from al.data_common import REPO_ROOT, resolve_repo_path, shown_path
 from al.stopping import cv_record, cv_scores, first_stop, get_criterion, rounds_of_run
 
 PUBLISHED_TARGETS = {"mitbih": 0.74, "mnist": 0.96}  # the published text's reference F1 levels
@@ -811,10 +811,6 @@ def plot_crossover(dataset: str, protocols: list[tuple[str, pd.DataFrame, dict]]
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
-
-
-def shown_path(folder: Path) -> str:
-    return str(folder.relative_to(REPO_ROOT)) if folder.is_relative_to(REPO_ROOT) else str(folder)
 
 
 def thread_note(runs: list[dict]) -> list[str]:

@@ -183,3 +183,9 @@ def resolve_repo_path(path: str | os.PathLike) -> Path:
     """A relative path means relative to the repository root, not the working directory."""
     path = Path(path).expanduser()
     return path if path.is_absolute() else REPO_ROOT / path
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` relative to the repository root when it lies inside it, else as it is (for reports)."""
+    path = Path(path)
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
