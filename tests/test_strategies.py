@@ -13,6 +13,7 @@ import pytest
 from scipy.stats import entropy as scipy_entropy
 
 from al import strategies
+from al.strategies import mc_dropout
 from al.keras_ops import embed_and_predict, mc_predict_proba
 from al.strategies import (STRATEGIES, bald_scores, entropy, get_strategy, gradient_embeddings,
                            k_center_greedy, mc_entropy_scores, squared_distances_to_nearest,
@@ -332,13 +333,13 @@ def test_mc_passes_is_a_class_default_and_a_constructor_argument():
 
 def test_mc_strategies_use_their_own_number_of_passes(real_model, monkeypatch):
     seen = []
-    real = strategies.mc_predict_proba
+    real = mc_dropout.mc_predict_proba
 
     def recording(model, x, mc_passes, rng, **kwargs):
         seen.append(mc_passes)
         return real(model, x, mc_passes, rng, **kwargs)
 
-    monkeypatch.setattr(strategies, "mc_predict_proba", recording)
+    monkeypatch.setattr(mc_dropout, "mc_predict_proba", recording)
     strategies.BALDSampling(mc_passes=3).select(real_model, feature_pool(20), 4,
                                                 np.random.default_rng(0), LABELED)
     strategies.MCEntropySampling().select(real_model, feature_pool(20), 4, np.random.default_rng(0), LABELED)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from al import runs, strategies
+from al.strategies import typiclust as typiclust_module
 from al.keras_ops import embed_and_predict
 from al.loop import run_active_learning
 from al.strategies import (canonical_rows, get_strategy, kmeans_labels, l2_normalized, mean_knn_distances,
@@ -128,7 +129,7 @@ def test_the_typicality_of_a_cluster_uses_at_most_half_its_unlabeled_samples_as_
         seen.append((len(features), k))
         return real(features, k, chunk_elements)
 
-    monkeypatch.setattr(strategies, "mean_knn_distances", recording)
+    monkeypatch.setattr(typiclust_module, "mean_knn_distances", recording)
     clusters = np.repeat([0, 1], [60, 9])
     typiclust_positions(clusters, np.zeros(69, bool), np.random.default_rng(0).normal(size=(69, 2)), 2)
     assert seen == [(60, 20), (9, 4)]
@@ -162,7 +163,7 @@ def test_the_number_of_clusters_is_labeled_plus_batch_capped_at_max_clusters(mon
         seen.append(n_clusters)
         return real(features, n_clusters, random_state)
 
-    monkeypatch.setattr(strategies, "kmeans_labels", recording)
+    monkeypatch.setattr(typiclust_module, "kmeans_labels", recording)
     x = feature_pool(60)
     get_strategy("typiclust").select(None, x[10:], 7, np.random.default_rng(0), x[:10])
     strategies.TypiClustSampling(max_clusters=5).select(None, x[10:], 7, np.random.default_rng(0), x[:10])
