@@ -531,15 +531,52 @@ def test_crossover_report_covers_both_protocols_and_names_significant_budgets(tm
     for seed in range(6):  # entropy below random at 30 in every seed, above at 40 and 50
         write_run(low / "toy", run_dict("random", seed, [0.3, 0.5, 0.6, 0.6], n_steps=3))
         write_run(low / "toy", run_dict("entropy", seed, [0.3, 0.4 - 0.01 * seed, 0.65, 0.7], n_steps=3))
+    for strategy, rows in F1.items():  # seeds 3-5 for the standard protocol: 6 pairs, enough for the plot
+        for seed, f1s in enumerate(rows, start=3):
+            write_run(results / "toy", run_dict(strategy, seed, f1s))
     assert plot_perf.main(["--crossover", str(low), str(results)]) == 0
     text = (low / "crossover.md").read_text()
-    assert (low / "toy_crossover.png").stat().st_size > 0
+    assert (low / "toy_crossover.png").stat().st_size > 0 and "No plot" not in text
     assert "start 20, batch 10" in text and text.count("### ") == 2
     assert "| 30 | -0.1" in text
     low_line = next(l for l in text.splitlines() if l.startswith("- entropy") and "[30]" in l)
     assert "crossover 40" in low_line and "below random at p < 0.05: [30]" in low_line
     assert "above at p < 0.05: [40, 50]" in low_line
     assert plot_perf.main(["--crossover", str(tmp_path / "nowhere"), str(results)]) == 1
+
+
+def test_crossover_rows_are_every_budget_of_any_strategy_not_only_the_first_ones(tmp_path, results):
+    low = tmp_path / "low"
+    for seed in range(6):  # badge (first in name order) stops at 30 labels, entropy goes on to 50
+        write_run(low / "toy", run_dict("random", seed, [0.3, 0.5, 0.6, 0.6], n_steps=3))
+        write_run(low / "toy", run_dict("entropy", seed, [0.3, 0.4, 0.65, 0.7 + 0.01 * seed], n_steps=3))
+        write_run(low / "toy", run_dict("badge", seed, [0.3, 0.55], complete=False, n_steps=3))
+    assert plot_perf.main(["--crossover", str(low), str(results)]) == 0
+    low_section = (low / "crossover.md").read_text().split("### ")[1]
+    assert [row[1] for row in (line.split(" | ") for line in low_section.splitlines() if line[:3] == "| 4"
+                               or line[:3] == "| 5")] == ["-", "-"]  # badge has no pair at 40 and 50
+    assert "| 50 | - | +0.1" in low_section and "(n 6, 0.031" in low_section
+    assert "- entropy: crossover 40" in low_section and "- badge: crossover incomplete" in low_section
+
+
+def test_too_few_paired_seeds_give_no_crossover_verdict_and_no_plot(tmp_path, results):
+    low = tmp_path / "low"
+    (low / "toy").mkdir(parents=True)
+    stale = low / "toy_crossover.png"
+    stale.write_bytes(b"an earlier plot")
+    for seed in range(5):  # 5 pairs: the smallest two-sided Wilcoxon p is 0.0625
+        write_run(low / "toy", run_dict("random", seed, [0.3, 0.5, 0.6]))
+        write_run(low / "toy", run_dict("entropy", seed, [0.3, 0.4, 0.7]))
+    assert plot_perf.main(["--crossover", str(low), str(results)]) == 0
+    text = (low / "crossover.md").read_text()
+    low_line = next(l for l in text.split("### ")[1].splitlines() if l.startswith("- entropy"))
+    assert "crossover not stated (as few as 5 paired seed(s) at a budget; it needs 6)" in low_line
+    assert "No plot for toy" in text and not stale.exists()
+    write_run(low / "toy", run_dict("random", 5, [0.3, 0.5, 0.6]))
+    write_run(low / "toy", run_dict("entropy", 5, [0.3, 0.4, 0.7]))
+    # with a sixth pair in the low protocol, the standard one (results: 3 pairs) still blocks the plot
+    assert plot_perf.main(["--crossover", str(low), str(results)]) == 0
+    assert "- entropy: crossover 40" in (low / "crossover.md").read_text() and not stale.exists()
 
 
 def test_budgets_without_pairs_leave_the_holm_family_and_mark_the_crossover_incomplete(tmp_path, results):
