@@ -741,7 +741,7 @@ def crossover_report(low_root: Path, standard_root: Path) -> tuple[list[str], di
             protocols.append((label, df, diffs))
             if not diffs:
                 continue
-            lines += [f"### {label}", "", "| labels | " + " | ".join(f"{s} gain (p, Holm p)" for s in others) + " |",
+            lines += [f"### {label}", "", "| labels | " + " | ".join(f"{s} gain (n, p, Holm p)" for s in others) + " |",
                       "|" + "---|" * (len(others) + 1)]
             for n in sorted(set().union(*(set(d.n_labeled) for d in diffs.values()))):
                 cells = []

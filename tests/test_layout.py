@@ -28,6 +28,23 @@ LIBRARY_NAMES = set(MODULES) - {"al"}
 STRATEGY_MODULES = sorted(n for n in LIBRARY_NAMES if n.startswith("al.strategies."))
 
 
+def absolute_module(path: Path, node: ast.ImportFrom) -> str:
+    """The module a ``from ... import`` names, with a relative one (``from .base import x``)
+    resolved against the package of ``path``, so relative imports obey the same rules."""
+    if not node.level:
+        return node.module or ""
+    package = module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    base = package[:len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def within(name: str, modules) -> bool:
+    """Whether ``name`` is one of ``modules`` or a submodule of one."""
+    return any(name == m or name.startswith(m + ".") for m in modules)
+
+
 def project_imports(path: Path) -> list[tuple[str, bool]]:
     """(module, at top level?) for every import of a project module (al.*, or a script) in ``path``."""
     tree = ast.parse(path.read_text())
@@ -36,9 +53,9 @@ def project_imports(path: Path) -> list[tuple[str, bool]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names
-                                     if f"{node.module}.{a.name}" in LIBRARY_NAMES]
+        elif isinstance(node, ast.ImportFrom):
+            module = absolute_module(path, node)
+            names = [module] + [f"{module}.{a.name}" for a in node.names if f"{module}.{a.name}" in LIBRARY_NAMES]
         else:
             continue
         for name in names:
@@ -84,7 +101,7 @@ def test_dependencies_point_one_way():
     for i, module in enumerate(order):
         package = [path for name, path in MODULES.items() if name == module or name.startswith(module + ".")]
         imported = {name for path in package for name, _ in project_imports(path)}
-        higher = imported & set(order[:i])
+        higher = {name for name in imported if within(name, order[:i]) and not within(name, [module])}
         assert not higher, f"{module} imports {higher}, which depend on it"
     assert not {name for name, _ in project_imports(CODE / "al" / "runs.py")} - {"al.data_common"}
 
@@ -101,6 +118,17 @@ def test_a_strategy_module_imports_only_the_base_and_the_model_side(module):
     allowed = {"al.strategies.base", "al.keras_ops"} - {module}
     imported = {name for name, _ in project_imports(MODULES[module])}
     assert imported <= allowed, f"{module} imports {sorted(imported - allowed)}"
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("from .base import x", ["al.strategies.base"]),
+    ("from . import badge", ["al.strategies", "al.strategies.badge"]),
+    ("from ..loop import f", ["al.loop"]),
+])
+def test_relative_imports_are_resolved_so_they_obey_the_same_rules(monkeypatch, source, expected):
+    path = CODE / "al" / "strategies" / "coreset.py"
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: source + "\n")
+    assert [name for name, _ in project_imports(path)] == expected
 
 
 def test_every_registered_strategy_lives_in_a_strategy_module():

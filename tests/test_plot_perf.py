@@ -577,6 +577,14 @@ def test_too_few_paired_seeds_give_no_crossover_verdict_and_no_plot(tmp_path, re
     # with a sixth pair in the low protocol, the standard one (results: 3 pairs) still blocks the plot
     assert plot_perf.main(["--crossover", str(low), str(results)]) == 0
     assert "- entropy: crossover 40" in (low / "crossover.md").read_text() and not stale.exists()
+    for strategy, rows in F1.items():  # the standard protocol gets 6 pairs too: now the plot is drawn
+        for seed, f1s in enumerate(rows, start=3):
+            write_run(results / "toy", run_dict(strategy, seed, f1s))
+    assert plot_perf.main(["--crossover", str(low), str(results)]) == 0
+    assert stale.exists() and "No plot" not in (low / "crossover.md").read_text()
+    (low / "toy" / "entropy_seed5.json").unlink()  # and the low protocol back to 5 pairs: withheld again
+    assert plot_perf.main(["--crossover", str(low), str(results)]) == 0
+    assert not stale.exists() and "No plot for toy" in (low / "crossover.md").read_text()
 
 
 def test_budgets_without_pairs_leave_the_holm_family_and_mark_the_crossover_incomplete(tmp_path, results):
