@@ -295,7 +295,9 @@ RAY_RUNS = (("entropy", 0), ("bald", 1))  # two runs of the CONV grid, compared 
 
 
 def load_killing_first_worker(config, data_dir):
-    """The first call kills its own worker process (SIGKILL): a lost worker; later calls load."""
+    """The first call kills its own worker process (SIGKILL): a lost worker; later calls load.
+    Every call records its worker's niceness in ``niceness_<pid>``."""
+    (Path(data_dir) / f"niceness_{os.getpid()}").write_text(str(os.nice(0)))
     marker = Path(data_dir) / "killed_once"
     try:
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -339,6 +341,14 @@ def test_ray_retries_the_task_whose_worker_was_killed(on_ray):
     assert on_ray.outcome.failures == {}, "the killed task was not retried"
     assert all(r["complete"] for r in on_ray.outcome.results)
     assert "Ray" in on_ray.outcome.description and "1 TF thread(s)" in on_ray.outcome.description
+
+
+@pytest.mark.slow
+def test_local_ray_workers_run_at_the_drivers_niceness(on_ray):
+    # Ray's default would be 15: beside other work its runs would crawl, unlike the local backend's
+    recorded = [p.read_text() for p in (on_ray.root / "marks").glob("niceness_*")]
+    assert len(recorded) >= 2, recorded  # the killed worker and at least one more
+    assert set(recorded) == {str(os.nice(0))}
 
 
 @pytest.mark.slow

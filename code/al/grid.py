@@ -326,6 +326,9 @@ def worker_pythonpath() -> str:
     return os.pathsep.join(inside + [p for p in extra if p not in inside])
 
 
+RAY_WORKER_NICENESS = "RAY_worker_niceness"  # read by the raylet that ray.init starts
+
+
 def ray_task_options(resources: dict, threads: int = 1, largest_node_cpus: float | None = None) -> dict:
     """Resources one run asks for: a GPU when the cluster has any, else its ``threads`` CPUs.
 
@@ -357,6 +360,10 @@ def _run_ray(tasks, load_data, build_model, jobs, address, max_retries, progress
         if address:
             ray.init(address=address, runtime_env={"env_vars": env})
         else:  # room for ``jobs`` runs of ``threads`` TensorFlow threads each
+            # Ray starts its workers at niceness 15 (``RAY_worker_niceness``), so beside other work
+            # they get a small share of the cores; the local backend's workers inherit the driver's
+            # niceness, and so do these unless the user set the variable.
+            os.environ.setdefault(RAY_WORKER_NICENESS, str(os.nice(0)))
             ray.init(num_cpus=jobs * threads, include_dashboard=False, runtime_env={"env_vars": env})
     try:
         resources = ray.cluster_resources()
